@@ -1,0 +1,45 @@
+# Everything a fresh machine needs goes through these targets: `make run`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NATIVE := src/zeus/_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+
+.PHONY: all install native run test unit lint typecheck check bench clean
+
+all: install
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(NATIVE): src/zeus/_native.c $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
+
+install: $(STAMP) $(NATIVE)
+
+native: $(NATIVE)
+
+## run: a demo of the channel between two processes (the HTTP front comes with `zeus serve`)
+run: install
+	$(BIN)/python examples/channel_demo.py
+
+lint: install
+	$(BIN)/ruff check src tests bench examples
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck
+
+## test: lint, types, and the whole test suite (unit, native, cross-process, end-to-end)
+test: check
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/ipc.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/zeus/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis
