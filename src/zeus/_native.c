@@ -32,6 +32,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -514,6 +515,851 @@ static PyTypeObject MappingType = {
     .tp_new = PyType_GenericNew,
 };
 
+
+/* ======================================================================================
+ * Endpoint: the hot path of one channel end.
+ *
+ * The rules are those of zeus.core.ring and zeus.core.arena (the executable specification,
+ * differential-tested against this code); they are repeated here because a message costs a
+ * few hundred nanoseconds in C and several microseconds as a chain of Python calls.  The
+ * endpoint keeps its own counters in this struct and never reads back a word only it writes;
+ * every value loaded from the peer is checked before use, and a violation raises
+ * zeus.errors.PeerBrokenError.  Policy (when to wait, how long to spin, what a kind means)
+ * stays in Python.
+ * ====================================================================================== */
+
+#define ARENA_ALIGN 64u
+#define SLOT 32
+#define ASLEEP 1u
+#define DOORBELL 2u
+
+static PyObject *PeerBrokenError = NULL;
+
+typedef struct {
+    uint64_t start, end;
+    int released;
+} LeaseRec;
+
+typedef struct {
+    PyObject_HEAD
+    Mapping *map;
+    /* out ring (we produce) */
+    Py_ssize_t out_ring, head_word, peer_tail_word;
+    uint64_t out_head, out_tail_cache, mask, slots;
+    /* in ring (we consume) */
+    Py_ssize_t in_ring, tail_word, peer_head_word;
+    uint64_t in_tail, in_head_cache;
+    /* out arena (we write) */
+    Py_ssize_t out_arena, peer_freed_word;
+    uint64_t out_size, a_head, a_freed, a_last, a_prev;
+    int reserved;
+    /* in arena (we read) */
+    Py_ssize_t in_arena, freed_word;
+    uint64_t in_size, r_expected, r_freed;
+    LeaseRec *fifo;
+    uint64_t fifo_cap, fifo_first, fifo_next; /* lease tokens are free-running indices */
+    /* waking the peer */
+    Py_ssize_t peer_sleep_word, peer_wake_word;
+    uint32_t last_woken, wake_seq;
+    int doorbell_fd;
+    PyObject *in_view; /* memoryview of the in arena: Message.data slices it */
+    uint64_t kinds_mask; /* bit k set: kind k is valid */
+    uint32_t flags_mask; /* flag bits that may be set */
+    /* counters */
+    unsigned long long msgs_out, bytes_out, msgs_in, bytes_in, wakes;
+} Endpoint;
+
+static inline uint64_t
+align64(uint64_t n)
+{
+    return (n + ARENA_ALIGN - 1) & ~(uint64_t)(ARENA_ALIGN - 1);
+}
+
+static PyObject *
+broken(const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg) {
+        PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
+        Py_DECREF(msg);
+    }
+    return NULL;
+}
+
+/* After a publication: if the peer announced sleep (and we have not yet woken it for that
+   announcement), bump its wake word and wake it by futex or by its doorbell eventfd. */
+static void
+wake_if_asleep(Endpoint *e, uint32_t peer)
+{
+    if (!(peer & ASLEEP) || peer == e->last_woken)
+        return;
+    e->last_woken = peer;
+    e->wake_seq++;
+    char *base = e->map->base;
+    atomic_store_explicit((_Atomic uint32_t *)(base + e->peer_wake_word), e->wake_seq,
+                          memory_order_release);
+    e->wakes++;
+    if ((peer & DOORBELL) && e->doorbell_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t rc = write(e->doorbell_fd, &one, sizeof one);
+        (void)rc; /* EAGAIN: counter saturated, the front will look anyway */
+    } else {
+        syscall(SYS_futex, (uint32_t *)(base + e->peer_wake_word), FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+}
+
+static inline uint32_t
+publish_u64(Endpoint *e, Py_ssize_t word, uint64_t value)
+{
+    char *base = e->map->base;
+    atomic_store_explicit((_Atomic uint64_t *)(base + word), value, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst); /* store -> fence -> load: see PROTOCOL.md */
+    return atomic_load_explicit((_Atomic uint32_t *)(base + e->peer_sleep_word),
+                                memory_order_acquire);
+}
+
+static int
+Endpoint_init(Endpoint *self, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"mapping", "slots", "out_ring", "in_ring", "out_arena", "out_size",
+                         "in_arena", "in_size", "head_word", "peer_tail_word", "tail_word",
+                         "peer_head_word", "freed_word", "peer_freed_word", "peer_sleep_word",
+                         "peer_wake_word", "kinds_mask", "flags_mask", "in_view", "doorbell_fd",
+                         NULL};
+    PyObject *map;
+    unsigned long long slots, out_size, in_size;
+    Py_ssize_t out_ring, in_ring, out_arena, in_arena, hw, ptw, tw, phw, fw, pfw, psw, pww;
+    int doorbell = -1;
+    unsigned long long kinds_mask;
+    unsigned int flags_mask;
+    PyObject *in_view;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KnnnKnKnnnnnnnnKIO!|i:Endpoint", kw,
+                                     &MappingType, &map, &slots, &out_ring, &in_ring, &out_arena,
+                                     &out_size, &in_arena, &in_size, &hw, &ptw, &tw, &phw, &fw,
+                                     &pfw, &psw, &pww, &kinds_mask, &flags_mask,
+                                     &PyMemoryView_Type, &in_view, &doorbell))
+        return -1;
+    if (PyObject_Length(in_view) != (Py_ssize_t)in_size) {
+        PyErr_SetString(PyExc_ValueError, "in_view must cover exactly the in arena");
+        return -1;
+    }
+    Mapping *m = (Mapping *)map;
+    if (slots == 0 || (slots & (slots - 1)) || out_size % ARENA_ALIGN || in_size % ARENA_ALIGN ||
+        out_size == 0 || in_size == 0) {
+        PyErr_SetString(PyExc_ValueError, "bad endpoint geometry");
+        return -1;
+    }
+    if (check_off(m, out_ring, SLOT) < 0 || check_off(m, in_ring, SLOT) < 0 ||
+        out_ring + (Py_ssize_t)(slots * SLOT) > m->len ||
+        in_ring + (Py_ssize_t)(slots * SLOT) > m->len || out_arena < 0 || in_arena < 0 ||
+        out_arena + (Py_ssize_t)out_size > m->len || in_arena + (Py_ssize_t)in_size > m->len ||
+        check_off(m, hw, 8) < 0 || check_off(m, ptw, 8) < 0 || check_off(m, tw, 8) < 0 ||
+        check_off(m, phw, 8) < 0 || check_off(m, fw, 8) < 0 || check_off(m, pfw, 8) < 0 ||
+        check_off(m, psw, 4) < 0 || check_off(m, pww, 4) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "endpoint geometry outside the mapping");
+        return -1;
+    }
+    Py_INCREF(map);
+    Py_XSETREF(self->map, m);
+    Py_INCREF(in_view);
+    Py_XSETREF(self->in_view, in_view);
+    self->slots = slots;
+    self->mask = slots - 1;
+    self->out_ring = out_ring;
+    self->in_ring = in_ring;
+    self->out_arena = out_arena;
+    self->out_size = out_size;
+    self->in_arena = in_arena;
+    self->in_size = in_size;
+    self->head_word = hw;
+    self->peer_tail_word = ptw;
+    self->tail_word = tw;
+    self->peer_head_word = phw;
+    self->freed_word = fw;
+    self->peer_freed_word = pfw;
+    self->peer_sleep_word = psw;
+    self->peer_wake_word = pww;
+    self->doorbell_fd = doorbell;
+    self->kinds_mask = kinds_mask;
+    self->flags_mask = flags_mask;
+    self->fifo_cap = 64;
+    PyMem_Free(self->fifo);
+    self->fifo = PyMem_Calloc(self->fifo_cap, sizeof(LeaseRec));
+    if (!self->fifo) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+Endpoint_dealloc(Endpoint *self)
+{
+    Py_XDECREF(self->map);
+    Py_XDECREF(self->in_view);
+    PyMem_Free(self->fifo);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline int
+usable(Endpoint *e)
+{
+    if (!e->map || !e->map->has_view) {
+        PyErr_SetString(PyExc_ValueError, "endpoint's mapping is released");
+        return 0;
+    }
+    return 1;
+}
+
+/* Room in the out ring?  1 yes, 0 no, -1 error (peer broke). */
+static int
+ring_room(Endpoint *e)
+{
+    if (e->out_head - e->out_tail_cache < e->slots)
+        return 1;
+    uint64_t t = atomic_load_explicit((_Atomic uint64_t *)(e->map->base + e->peer_tail_word),
+                                      memory_order_acquire);
+    if (t < e->out_tail_cache || t > e->out_head) {
+        broken("ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
+               (unsigned long long)e->out_tail_cache, (unsigned long long)e->out_head);
+        return -1;
+    }
+    e->out_tail_cache = t;
+    return e->out_head - t < e->slots;
+}
+
+/* Allocate n bytes in the out arena: offset >= 0, -1 no space yet, -2 error. */
+static int64_t
+arena_alloc(Endpoint *e, uint64_t n)
+{
+    if (n == 0) {
+        e->a_prev = e->a_last = e->a_head;
+        return 0;
+    }
+    if (n > e->out_size) {
+        PyErr_Format(PyExc_ValueError, "allocation of %llu bytes in an arena of %llu",
+                     (unsigned long long)n, (unsigned long long)e->out_size);
+        return -2;
+    }
+    uint64_t a = align64(n), room = e->out_size - e->a_head % e->out_size;
+    uint64_t start = a > room ? e->a_head + room : e->a_head;
+    if (start + a - e->a_freed > e->out_size) {
+        uint64_t f = atomic_load_explicit(
+            (_Atomic uint64_t *)(e->map->base + e->peer_freed_word), memory_order_acquire);
+        if (f < e->a_freed || f > e->a_head) {
+            broken("arena release position %llu outside [%llu, %llu]", (unsigned long long)f,
+                   (unsigned long long)e->a_freed, (unsigned long long)e->a_head);
+            return -2;
+        }
+        e->a_freed = f;
+        if (start + a - f > e->out_size)
+            return -1;
+    }
+    e->a_prev = e->a_head;
+    e->a_last = start;
+    e->a_head = start + a;
+    return (int64_t)(start % e->out_size);
+}
+
+static void
+publish_slot_ep(Endpoint *e, uint64_t id, uint16_t kind, uint16_t flags, uint32_t len,
+                uint64_t off)
+{
+    char *p = e->map->base + e->out_ring + (e->out_head & e->mask) * SLOT;
+    uint64_t zero = 0;
+    memcpy(p + 0, &id, 8);
+    memcpy(p + 8, &kind, 2);
+    memcpy(p + 10, &flags, 2);
+    memcpy(p + 12, &len, 4);
+    memcpy(p + 16, &off, 8);
+    memcpy(p + 24, &zero, 8);
+    e->out_head++;
+    e->msgs_out++;
+    e->bytes_out += len;
+    /* release: slot fields and arena bytes are visible before the head that covers them */
+    wake_if_asleep(e, publish_u64(e, e->head_word, e->out_head));
+}
+
+static int
+parse_hdr(PyObject *const *args, unsigned long long *id, unsigned int *kind, unsigned int *flags)
+{
+    *id = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long k = PyLong_AsUnsignedLong(args[1]);
+    unsigned long f = PyLong_AsUnsignedLong(args[2]);
+    if (PyErr_Occurred())
+        return -1;
+    if (k > 0xFFFF || f > 0xFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "kind and flags are 16-bit");
+        return -1;
+    }
+    *kind = (unsigned int)k;
+    *flags = (unsigned int)f;
+    return 0;
+}
+
+/* send(id, kind, flags, data) -> bool: False if the ring or the arena is full. */
+static PyObject *
+Endpoint_send(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "send(id, kind, flags, data)");
+        return NULL;
+    }
+    unsigned long long id;
+    unsigned int kind, flags;
+    if (parse_hdr(args, &id, &kind, &flags) < 0 || !usable(self))
+        return NULL;
+    if (self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "a reservation is outstanding");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[3], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    int room = ring_room(self);
+    if (room < 0)
+        goto out;
+    if (room == 0) {
+        res = Py_False;
+        goto out;
+    }
+    int64_t off = arena_alloc(self, (uint64_t)b.len);
+    if (off == -2)
+        goto out;
+    if (off == -1) {
+        res = Py_False;
+        goto out;
+    }
+    if (b.len > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "message longer than 4 GiB");
+        goto out;
+    }
+    if (b.len)
+        memcpy(self->map->base + self->out_arena + off, b.buf, (size_t)b.len);
+    publish_slot_ep(self, id, (uint16_t)kind, (uint16_t)flags, (uint32_t)b.len, (uint64_t)off);
+    res = Py_True;
+out:
+    PyBuffer_Release(&b);
+    Py_XINCREF(res);
+    return res;
+}
+
+/* reserve(n) -> offset in the out arena, or -1 if the ring or the arena is full. */
+static PyObject *
+Endpoint_reserve(Endpoint *self, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred() || !usable(self))
+        return NULL;
+    if (self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "a reservation is already outstanding");
+        return NULL;
+    }
+    int room = ring_room(self);
+    if (room < 0)
+        return NULL;
+    if (room == 0)
+        return PyLong_FromLong(-1);
+    int64_t off = arena_alloc(self, n);
+    if (off == -2)
+        return NULL;
+    if (off >= 0)
+        self->reserved = 1;
+    return PyLong_FromLongLong(off);
+}
+
+/* commit(id, kind, flags, length): publish the outstanding reservation, trimmed to length. */
+static PyObject *
+Endpoint_commit(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "commit(id, kind, flags, length)");
+        return NULL;
+    }
+    unsigned long long id;
+    unsigned int kind, flags;
+    if (parse_hdr(args, &id, &kind, &flags) < 0 || !usable(self))
+        return NULL;
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!self->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "no reservation to commit");
+        return NULL;
+    }
+    uint64_t off;
+    if (n == 0) {
+        self->a_head = self->a_prev; /* a zero-length message takes no space */
+        off = 0;
+    } else {
+        uint64_t end = self->a_last + align64(n);
+        if (end > self->a_head) {
+            PyErr_SetString(PyExc_ValueError, "commit longer than the reservation");
+            return NULL;
+        }
+        self->a_head = end;
+        off = self->a_last % self->out_size;
+    }
+    self->reserved = 0;
+    publish_slot_ep(self, id, (uint16_t)kind, (uint16_t)flags, (uint32_t)n, off);
+    Py_RETURN_NONE;
+}
+
+static int
+broken_i(const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg) {
+        PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
+        Py_DECREF(msg);
+    }
+    return -1;
+}
+
+typedef struct {
+    uint64_t id, off;
+    uint32_t len;
+    uint16_t kind, flags;
+    long long token;
+} Taken;
+
+/* Take the next slot after validating it: 1 taken, 0 ring empty, -1 error set.
+   token is -1 for a zero-length message (no lease). */
+static int
+take(Endpoint *self, Taken *t)
+{
+    if (!usable(self))
+        return -1;
+    char *base = self->map->base;
+    if (self->in_head_cache == self->in_tail) {
+        uint64_t h = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_head_word),
+                                          memory_order_acquire);
+        if (h < self->in_head_cache || h - self->in_tail > self->slots)
+            return broken_i("ring head %llu outside [%llu, %llu]", (unsigned long long)h,
+                          (unsigned long long)self->in_head_cache,
+                          (unsigned long long)(self->in_tail + self->slots));
+        self->in_head_cache = h;
+        if (h == self->in_tail)
+            return 0;
+    }
+    uint64_t seq = self->in_tail;
+    unsigned char local[SLOT];
+    memcpy(local, base + self->in_ring + (seq & self->mask) * SLOT, SLOT); /* copy once */
+    uint64_t id, off, reserved;
+    uint16_t kind, flags;
+    uint32_t len;
+    memcpy(&id, local, 8);
+    memcpy(&kind, local + 8, 2);
+    memcpy(&flags, local + 10, 2);
+    memcpy(&len, local + 12, 4);
+    memcpy(&off, local + 16, 8);
+    memcpy(&reserved, local + 24, 8);
+    if (kind >= 64 || !((self->kinds_mask >> kind) & 1) || (flags & ~self->flags_mask) || reserved)
+        return broken_i("slot %llu: kind %u, flags %#x, reserved %#llx invalid",
+                      (unsigned long long)seq, kind, flags, (unsigned long long)reserved);
+    long long token = -1;
+    if (len == 0) {
+        if (off != 0)
+            return broken_i("slot %llu: zero-length message with offset %llu",
+                          (unsigned long long)seq, (unsigned long long)off);
+    } else {
+        uint64_t size = self->in_size, pos = self->r_expected;
+        uint64_t room = size - pos % size, a = align64(len), start;
+        if (len > size)
+            return broken_i("slot %llu: message of %u bytes in an arena of %llu",
+                          (unsigned long long)seq, len, (unsigned long long)size);
+        if (off == pos % size && a <= room)
+            start = pos;
+        else if (off == 0)
+            start = pos + room; /* the writer skipped the rest of the part */
+        else
+            return broken_i("slot %llu: message at offset %llu, expected %llu or 0 (length %u)",
+                          (unsigned long long)seq, (unsigned long long)off,
+                          (unsigned long long)(pos % size), len);
+        uint64_t end = start + a;
+        if (end - self->r_freed > size)
+            return broken_i("slot %llu: message ends at %llu, past released %llu + size",
+                          (unsigned long long)seq, (unsigned long long)end,
+                          (unsigned long long)self->r_freed);
+        if (self->fifo_next - self->fifo_first == self->fifo_cap) {
+            uint64_t ncap = self->fifo_cap * 2;
+            LeaseRec *nf = PyMem_Calloc(ncap, sizeof(LeaseRec));
+            if (!nf) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            for (uint64_t i = self->fifo_first; i < self->fifo_next; i++)
+                nf[i & (ncap - 1)] = self->fifo[i & (self->fifo_cap - 1)];
+            PyMem_Free(self->fifo);
+            self->fifo = nf;
+            self->fifo_cap = ncap;
+        }
+        LeaseRec *r = &self->fifo[self->fifo_next & (self->fifo_cap - 1)];
+        r->start = start;
+        r->end = end;
+        r->released = 0;
+        token = (long long)self->fifo_next++;
+        self->r_expected = end;
+    }
+    self->in_tail = seq + 1;
+    self->msgs_in++;
+    self->bytes_in += len;
+    wake_if_asleep(self, publish_u64(self, self->tail_word, self->in_tail));
+    t->id = id;
+    t->off = off;
+    t->len = len;
+    t->kind = kind;
+    t->flags = flags;
+    t->token = token;
+    return 1;
+}
+
+static PyObject *make_message(Endpoint *self, Taken *t);
+
+/* recv() -> Message, or None when the ring is empty. */
+static PyObject *
+Endpoint_recv(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    Taken t = {0};
+    int rc = take(self, &t);
+    if (rc < 0)
+        return NULL;
+    if (rc == 0)
+        Py_RETURN_NONE;
+    return make_message(self, &t);
+}
+
+/* spin_recv(budget_ns) -> Message or None: spin (GIL released) until the peer publishes or
+   the budget is spent, then take the next message if there is one. */
+static PyObject *
+Endpoint_spin_recv(Endpoint *self, PyObject *arg)
+{
+    long long budget = PyLong_AsLongLong(arg);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    if (!usable(self))
+        return NULL;
+    if (self->in_head_cache == self->in_tail && budget > 0) {
+        _Atomic uint64_t *w = (_Atomic uint64_t *)(self->map->base + self->peer_head_word);
+        uint64_t seen = self->in_head_cache;
+        Py_BEGIN_ALLOW_THREADS
+        int64_t deadline = now_ns() + budget;
+        for (;;) {
+            int i;
+            for (i = 0; i < 64; i++) {
+                CPU_RELAX();
+                if (atomic_load_explicit(w, memory_order_relaxed) != seen)
+                    break;
+            }
+            if (i < 64 || now_ns() >= deadline)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    return Endpoint_recv(self, NULL);
+}
+
+
+
+/* Release a lease: 0 ok, -1 error set. */
+static int
+release_lease(Endpoint *self, long long token)
+{
+    if (token < 0)
+        return 0;
+    uint64_t t = (uint64_t)token;
+    if (t < self->fifo_first)
+        return 0; /* already released and popped */
+    if (t >= self->fifo_next) {
+        PyErr_SetString(PyExc_ValueError, "unknown lease");
+        return -1;
+    }
+    uint64_t cm = self->fifo_cap - 1;
+    self->fifo[t & cm].released = 1;
+    if (t != self->fifo_first)
+        return 0;
+    while (self->fifo_first < self->fifo_next && self->fifo[self->fifo_first & cm].released)
+        self->fifo_first++;
+    uint64_t freed = self->fifo_first < self->fifo_next ? self->fifo[self->fifo_first & cm].start
+                                                        : self->r_expected;
+    self->r_freed = freed;
+    if (self->map && self->map->has_view)
+        wake_if_asleep(self, publish_u64(self, self->freed_word, freed));
+    return 0;
+}
+
+/* release(lease): the reader is done with a message's bytes (any order; idempotent). */
+static PyObject *
+Endpoint_release(Endpoint *self, PyObject *arg)
+{
+    long long token = PyLong_AsLongLong(arg);
+    if (token == -1 && PyErr_Occurred())
+        return NULL;
+    if (release_lease(self, token) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- Message: a received message whose data is a memoryview into the arena ---- */
+
+typedef struct {
+    PyObject_HEAD
+    Endpoint *ep;
+    PyObject *data;
+    unsigned long long id;
+    unsigned int kind, flags;
+    long long token;
+} Message;
+
+static PyTypeObject MessageType;
+
+static PyObject *
+make_message(Endpoint *self, Taken *t)
+{
+    PyObject *data = PySequence_GetSlice(self->in_view, (Py_ssize_t)t->off,
+                                         (Py_ssize_t)(t->off + t->len));
+    if (!data) {
+        release_lease(self, t->token);
+        return NULL;
+    }
+    Message *m = PyObject_New(Message, &MessageType);
+    if (!m) {
+        Py_DECREF(data);
+        release_lease(self, t->token);
+        return NULL;
+    }
+    Py_INCREF(self);
+    m->ep = self;
+    m->data = data;
+    m->id = t->id;
+    m->kind = t->kind;
+    m->flags = t->flags;
+    m->token = t->token;
+    return (PyObject *)m;
+}
+
+static PyObject *
+Message_release(Message *self, PyObject *Py_UNUSED(ignored))
+{
+    long long token = self->token;
+    if (token >= 0) {
+        self->token = -1;
+        /* Make the view unusable; if the application exported it, it must not use it. */
+        PyObject *r = PyObject_CallMethod(self->data, "release", NULL);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_Clear();
+        if (release_lease(self->ep, token) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Message_enter(Message *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+Message_exit(Message *self, PyObject *Py_UNUSED(args))
+{
+    PyObject *r = Message_release(self, NULL);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static void
+Message_dealloc(Message *self)
+{
+    /* A message dropped without release() gives its space back now, or the arena would leak
+       and the sender would stall.  A slice of `data` kept beyond the message's life may then
+       see newer bytes: keep bytes(msg.data) instead, or keep the message. */
+    if (self->token >= 0 && self->ep) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (release_lease(self->ep, self->token) < 0)
+            PyErr_WriteUnraisable((PyObject *)self);
+        PyErr_Restore(et, ev, tb);
+    }
+    Py_XDECREF(self->ep);
+    Py_XDECREF(self->data);
+    PyObject_Free(self);
+}
+
+static PyObject *
+Message_get_id(Message *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->id);
+}
+static PyObject *
+Message_get_kind(Message *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLong(self->kind);
+}
+static PyObject *
+Message_get_flags(Message *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLong(self->flags);
+}
+static PyObject *
+Message_get_data(Message *self, void *Py_UNUSED(c))
+{
+    Py_INCREF(self->data);
+    return self->data;
+}
+static PyObject *
+Message_get_more(Message *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->flags & 1u);
+}
+static PyObject *
+Message_get_end(Message *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->flags & 2u);
+}
+
+static PyObject *
+Message_repr(Message *self)
+{
+    return PyUnicode_FromFormat("<Message id=%llu kind=%u flags=%#x%s>", self->id, self->kind,
+                                self->flags, self->token >= 0 ? " live" : "");
+}
+
+static PyMethodDef Message_methods[] = {
+    {"release", (PyCFunction)Message_release, METH_NOARGS,
+     "Give the bytes back to the sender's arena (idempotent); data is unusable after."},
+    {"__enter__", (PyCFunction)Message_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Message_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Message_getset[] = {
+    {"id", (getter)Message_get_id, NULL, "64-bit request ID.", NULL},
+    {"kind", (getter)Message_get_kind, NULL, "Message kind (zeus.Kind).", NULL},
+    {"flags", (getter)Message_get_flags, NULL, "Flag bits (zeus.Flag).", NULL},
+    {"data", (getter)Message_get_data, NULL, "The payload: a memoryview into the arena.", NULL},
+    {"more", (getter)Message_get_more, NULL, "Another chunk of this message follows.", NULL},
+    {"end", (getter)Message_get_end, NULL, "Last message of this ID in this direction.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MessageType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zeus._native.Message",
+    .tp_basicsize = sizeof(Message),
+    .tp_dealloc = (destructor)Message_dealloc,
+    .tp_repr = (reprfunc)Message_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A received message; data points into shared memory until release().",
+    .tp_methods = Message_methods,
+    .tp_getset = Message_getset,
+};
+
+/* refresh() -> (peer_head, peer_tail, peer_freed): check and cache the peer's progress words,
+   for the sleep announcement's re-check. */
+static PyObject *
+Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!usable(self))
+        return NULL;
+    char *base = self->map->base;
+    uint64_t t = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_tail_word),
+                                      memory_order_acquire);
+    uint64_t f = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_freed_word),
+                                      memory_order_acquire);
+    if (t < self->out_tail_cache || t > self->out_head)
+        return broken("ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
+                      (unsigned long long)self->out_tail_cache, (unsigned long long)self->out_head);
+    if (f < self->a_freed || f > self->a_head)
+        return broken("arena release position %llu outside [%llu, %llu]", (unsigned long long)f,
+                      (unsigned long long)self->a_freed, (unsigned long long)self->a_head);
+    self->out_tail_cache = t;
+    self->a_freed = f;
+    return Py_BuildValue("(KKK)", (unsigned long long)self->in_head_cache,
+                         (unsigned long long)t, (unsigned long long)f);
+}
+
+/* state() -> dict of the local counters (for statistics and repr). */
+static PyObject *
+Endpoint_state(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue(
+        "{sKsKsKsKsKsKsKsKsKsKsKsK}", "out_head", (unsigned long long)self->out_head,
+        "out_tail", (unsigned long long)self->out_tail_cache, "in_head",
+        (unsigned long long)self->in_head_cache, "in_tail", (unsigned long long)self->in_tail,
+        "arena_in_use", (unsigned long long)(self->a_head - self->a_freed), "live_leases",
+        (unsigned long long)(self->fifo_next - self->fifo_first), "messages_sent",
+        self->msgs_out, "bytes_sent", self->bytes_out, "messages_received", self->msgs_in,
+        "bytes_received", self->bytes_in, "wakes_sent", self->wakes, "arena_freed",
+        (unsigned long long)self->a_freed);
+}
+
+static PyObject *
+Endpoint_get_reserved(Endpoint *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->reserved);
+}
+
+static PyMethodDef Endpoint_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Endpoint_send, METH_FASTCALL,
+     "Copy a payload into the arena and publish it; False if the ring or arena is full."},
+    {"reserve", (PyCFunction)Endpoint_reserve, METH_O,
+     "Allocate arena space to fill in place: its offset, or -1 if full."},
+    {"commit", (PyCFunction)(void (*)(void))Endpoint_commit, METH_FASTCALL,
+     "Publish the outstanding reservation, trimmed to a length."},
+    {"recv", (PyCFunction)Endpoint_recv, METH_NOARGS,
+     "Validate and take the next slot: (id, kind, flags, offset, length, lease) or None."},
+    {"spin_recv", (PyCFunction)Endpoint_spin_recv, METH_O,
+     "Spin (GIL released) up to budget_ns for a message, then recv()."},
+    {"release", (PyCFunction)Endpoint_release, METH_O,
+     "Release a lease; publishes the release position over the released prefix."},
+    {"refresh", (PyCFunction)Endpoint_refresh, METH_NOARGS,
+     "Reload and check the peer's tail and release position."},
+    {"state", (PyCFunction)Endpoint_state, METH_NOARGS, "Local counters as a dict."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Endpoint_getset[] = {
+    {"reserved", (getter)Endpoint_get_reserved, NULL, "A reservation is outstanding.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject EndpointType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zeus._native.Endpoint",
+    .tp_basicsize = sizeof(Endpoint),
+    .tp_dealloc = (destructor)Endpoint_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Hot path of one channel end: ring and arena bookkeeping with validation.",
+    .tp_methods = Endpoint_methods,
+    .tp_getset = Endpoint_getset,
+    .tp_init = (initproc)Endpoint_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *
+native_set_broken_error(PyObject *Py_UNUSED(m), PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_Exception)) {
+        PyErr_SetString(PyExc_TypeError, "expected an exception class");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(PeerBrokenError, cls);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 native_fence(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
@@ -523,19 +1369,24 @@ native_fence(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef module_methods[] = {
     {"fence", native_fence, METH_NOARGS, "Full (sequentially consistent) memory fence."},
+    {"set_broken_error", native_set_broken_error, METH_O,
+     "Set the exception class raised when the peer breaks the protocol."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "zeus._native",
-    "Atomics, fences and futexes for Zeus's shared-memory channel (mechanism only).", -1,
-    module_methods,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "zeus._native",
+    .m_doc = "Atomics, fences, futexes and the channel hot path for Zeus (mechanism only).",
+    .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    if (PyType_Ready(&MappingType) < 0)
+    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&EndpointType) < 0 ||
+        PyType_Ready(&MessageType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
@@ -543,6 +1394,18 @@ PyInit__native(void)
     Py_INCREF(&MappingType);
     if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0) {
         Py_DECREF(&MappingType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MessageType);
+    if (PyModule_AddObject(m, "Message", (PyObject *)&MessageType) < 0) {
+        Py_DECREF(&MessageType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&EndpointType);
+    if (PyModule_AddObject(m, "Endpoint", (PyObject *)&EndpointType) < 0) {
+        Py_DECREF(&EndpointType);
         Py_DECREF(m);
         return NULL;
     }

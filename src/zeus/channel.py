@@ -35,20 +35,19 @@ promptly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import Final
 
 from zeus import _native
-from zeus.core.arena import ArenaReader, ArenaWriter, Lease
 from zeus.core.layout import (
     FLAG_MASK,
     FRONT_PID,
     KINDS,
-    SLOT_SIZE,
     WORKER_PID,
     Flag,
     Kind,
@@ -56,7 +55,6 @@ from zeus.core.layout import (
     State,
     Word,
 )
-from zeus.core.ring import RingConsumer, RingProducer
 from zeus.core.spin import SpinPolicy, SpinStatistics
 from zeus.errors import ClosedResourceError, PeerBrokenError, PeerLostError, WouldBlock
 from zeus.region import Region
@@ -64,6 +62,9 @@ from zeus.region import Region
 _ASLEEP: Final = 1  # sleep word bit: this side is asleep or about to sleep
 _DOORBELL: Final = 2  # sleep word bit: wake me through the doorbell eventfd, not the futex
 _EPOCH: Final = 4  # sleep word increment per sleep
+_KINDS_MASK: Final = sum(1 << k for k in KINDS)
+
+_native.set_broken_error(PeerBrokenError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,67 +85,21 @@ class ChannelStatistics:
     spin: SpinStatistics
 
 
-class Message:
-    """A received message.  ``data`` points into shared memory until ``release()``."""
+Message = _native.Message
+"""A received message (``id``, ``kind``, ``flags``, ``more``, ``end``, ``data``).
 
-    __slots__ = ("_channel", "_lease", "data", "flags", "id", "kind")
-
-    def __init__(
-        self,
-        channel: Channel,
-        msg_id: int,
-        kind: int,
-        flags: int,
-        data: memoryview,
-        lease: Lease | None,
-    ) -> None:
-        self._channel = channel
-        self._lease = lease
-        self.id = msg_id
-        self.kind = kind
-        self.flags = flags
-        self.data = data
-
-    @property
-    def more(self) -> bool:
-        """Whether another chunk of the same logical message follows."""
-        return bool(self.flags & Flag.MORE)
-
-    @property
-    def end(self) -> bool:
-        """Whether this is the last message of its ID in this direction."""
-        return bool(self.flags & Flag.END)
-
-    def release(self) -> None:
-        """Give the bytes back to the sender's arena.  Idempotent; ``data`` is unusable after."""
-        lease = self._lease
-        if lease is not None:
-            self._lease = None
-            try:
-                self.data.release()
-            except BufferError:
-                pass  # the application exported the view; it must not use it from now on
-            self._channel._release(lease)
-
-    def __enter__(self) -> Message:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        state = "released" if self._lease is None else "live"
-        return f"<Message id={self.id} kind={self.kind} flags={self.flags:#x} {state}>"
+``data`` is a memoryview into the sender's arena, valid until ``release()`` (also on leaving a
+``with`` block, or when the message is garbage-collected).  Releases may come in any order.
+"""
 
 
 class Reservation:
     """Arena space handed to the sender to fill in place; published by ``commit``."""
 
-    __slots__ = ("_channel", "_offset", "buffer", "committed")
+    __slots__ = ("_endpoint", "buffer", "committed")
 
-    def __init__(self, channel: Channel, offset: int, buffer: memoryview) -> None:
-        self._channel = channel
-        self._offset = offset
+    def __init__(self, endpoint: _native.Endpoint, buffer: memoryview) -> None:
+        self._endpoint = endpoint
         self.buffer = buffer
         self.committed = False
 
@@ -159,7 +114,7 @@ class Reservation:
             raise ValueError(f"commit of {n} bytes from a reservation of {self.buffer.nbytes}")
         self.committed = True
         self.buffer.release()
-        self._channel._commit(self._offset, n, msg_id, kind, flags)
+        self._endpoint.commit(msg_id, kind, flags, n)
 
 
 class Channel:
@@ -174,61 +129,54 @@ class Channel:
         max_chunk: int | None = None,
         liveness_interval: float = 0.05,
     ) -> None:
+        region.check_open()
         g = region.geometry
         side = region.side
-        front = side is Side.FRONT
+        m = region.memory
         self.region: Final = region
         self.side: Final = side
-        m = region.memory
         self._m = m
-        if front:
+        if side is Side.FRONT:
             out_ring, in_ring = g.req_ring, g.resp_ring
             out_arena, out_size = g.req_arena, g.req_arena_size
             in_arena, in_size = g.resp_arena, g.resp_arena_size
-            self._head_word, self._tail_word = int(Word.REQ_HEAD), int(Word.RESP_TAIL)
-            self._peer_head, self._peer_tail = int(Word.RESP_HEAD), int(Word.REQ_TAIL)
-            self._freed_word, self._peer_freed = int(Word.RESP_ARENA_FREED), int(
-                Word.REQ_ARENA_FREED
-            )
+            words = (Word.REQ_HEAD, Word.REQ_TAIL, Word.RESP_TAIL, Word.RESP_HEAD,
+                     Word.RESP_ARENA_FREED, Word.REQ_ARENA_FREED)
             self._sleep_word, self._wake_word = int(Word.FRONT_SLEEP), int(Word.FRONT_WAKE)
-            self._peer_sleep, self._peer_wake = int(Word.WORKER_SLEEP), int(Word.WORKER_WAKE)
+            peer_sleep, peer_wake = Word.WORKER_SLEEP, Word.WORKER_WAKE
             self._state_word, self._peer_state = int(Word.FRONT_STATE), int(Word.WORKER_STATE)
             if peer_pid is None:
-                pid = m.load_u32(WORKER_PID)
-                peer_pid = pid or None
+                peer_pid = m.load_u32(WORKER_PID) or None
+            bell = -1  # the worker never asks to be woken by a doorbell
         else:
             out_ring, in_ring = g.resp_ring, g.req_ring
             out_arena, out_size = g.resp_arena, g.resp_arena_size
             in_arena, in_size = g.req_arena, g.req_arena_size
-            self._head_word, self._tail_word = int(Word.RESP_HEAD), int(Word.REQ_TAIL)
-            self._peer_head, self._peer_tail = int(Word.REQ_HEAD), int(Word.RESP_TAIL)
-            self._freed_word, self._peer_freed = int(Word.REQ_ARENA_FREED), int(
-                Word.RESP_ARENA_FREED
-            )
+            words = (Word.RESP_HEAD, Word.RESP_TAIL, Word.REQ_TAIL, Word.REQ_HEAD,
+                     Word.REQ_ARENA_FREED, Word.RESP_ARENA_FREED)
             self._sleep_word, self._wake_word = int(Word.WORKER_SLEEP), int(Word.WORKER_WAKE)
-            self._peer_sleep, self._peer_wake = int(Word.FRONT_SLEEP), int(Word.FRONT_WAKE)
+            peer_sleep, peer_wake = Word.FRONT_SLEEP, Word.FRONT_WAKE
             self._state_word, self._peer_state = int(Word.WORKER_STATE), int(Word.FRONT_STATE)
             if peer_pid is None:
                 peer_pid = m.load_u32(FRONT_PID) or None
+            bell = -1 if region.doorbell_fd is None else region.doorbell_fd
             m.store_u32(WORKER_PID, os.getpid())
             m.store_u32(Word.WORKER_STATE, State.OPEN)
-        self._out_ring = out_ring
-        self._in_ring = in_ring
+        head_word, peer_tail, tail_word, peer_head, freed_word, peer_freed = map(int, words)
+        self._peer_head, self._peer_tail, self._peer_freed = peer_head, peer_tail, peer_freed
+        self._slots = g.slots
         self._out = region.view[out_arena : out_arena + out_size]
         self._in = region.view[in_arena : in_arena + in_size]
-        self._prod = RingProducer(g.slots)
-        self._cons = RingConsumer(g.slots)
-        self._writer = ArenaWriter(out_size)
-        self._reader = ArenaReader(in_size)
+        self._ep = _native.Endpoint(
+            m, g.slots, out_ring, in_ring, out_arena, out_size, in_arena, in_size,
+            head_word, peer_tail, tail_word, peer_head, freed_word, peer_freed,
+            int(peer_sleep), int(peer_wake), _KINDS_MASK, FLAG_MASK, self._in, bell,
+        )
         self.max_chunk: Final = min(max_chunk or out_size // 4, out_size)
         self.spin: Final = spin if spin is not None else SpinPolicy()
         self.liveness_interval = liveness_interval
         self._epoch = 0
-        self._last_woken = 0
-        self._wake_seq = 0
-        self._reserved = False
         self._closed = False
-        self._broken: PeerBrokenError | None = None
         self._peer_pid = peer_pid
         self._pidfd: int | None = None
         if peer_pid is not None:
@@ -236,21 +184,21 @@ class Channel:
                 self._pidfd = os.pidfd_open(peer_pid)
             except OSError:
                 self._pidfd = None  # already gone: noticed at the first wait
-        self._stats = [0] * 8  # msgs sent, bytes sent, msgs recv, bytes recv, send waits,
-        # recv waits, sleeps, wakes sent
+        self._send_waits = 0
+        self._recv_waits = 0
+        self._sleeps = 0
 
     # ------------------------------------------------------------------ sending
 
     def send_nowait(self, msg_id: int, data: bytes | memoryview, kind: int = Kind.DATA,
                     flags: int = 0) -> None:
         """Send ``data`` (at most ``max_chunk`` bytes) as one message, or raise WouldBlock."""
-        n = len(data)
-        if n > self.max_chunk:
-            raise ValueError(f"{n} bytes exceed max_chunk {self.max_chunk}; use send()")
-        off = self._allocate(n)
-        if n:
-            self._out[off : off + n] = data
-        self._commit(off, n, msg_id, kind, flags)
+        if len(data) > self.max_chunk:
+            raise ValueError(f"{len(data)} bytes exceed max_chunk {self.max_chunk}; use send()")
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        if not self._ep.send(msg_id, kind, flags, data):
+            raise WouldBlock("ring or arena full")
 
     def send(self, msg_id: int, data: bytes | memoryview, kind: int = Kind.DATA,
              flags: int = 0, *, timeout: float | None = None) -> None:
@@ -258,6 +206,11 @@ class Channel:
 
         Raises TimeoutError if ``timeout`` seconds pass first (some chunks may have gone).
         """
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        ep = self._ep
+        if len(data) <= self.max_chunk and ep.send(msg_id, kind, flags, data):
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         view = memoryview(data).cast("B")
         n = len(view)
@@ -267,13 +220,9 @@ class Channel:
             chunk = view[pos : pos + step]
             last = pos + step >= n
             f = flags if last else (flags & ~int(Flag.END)) | Flag.MORE
-            while True:
-                try:
-                    self.send_nowait(msg_id, chunk, kind, f)
-                    break
-                except WouldBlock:
-                    self._stats[4] += 1
-                    self._wait(self._send_word(len(chunk)), deadline)
+            while not ep.send(msg_id, kind, f, chunk):
+                self._send_waits += 1
+                self._wait(self._send_word(), deadline)
             if last:
                 return
             pos += step
@@ -283,13 +232,14 @@ class Channel:
 
         One reservation may be outstanding at a time; commit it before sending anything else.
         """
-        if n > self.max_chunk:
-            raise ValueError(f"{n} bytes exceed max_chunk {self.max_chunk}")
-        if self._reserved:
-            raise RuntimeError("a reservation is already outstanding")
-        off = self._allocate(n)
-        self._reserved = True
-        return Reservation(self, off, self._out[off : off + n])
+        if n > self.max_chunk or n < 0:
+            raise ValueError(f"reservation of {n} bytes; max_chunk is {self.max_chunk}")
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        off = self._ep.reserve(n)
+        if off < 0:
+            raise WouldBlock("ring or arena full")
+        return Reservation(self._ep, self._out[off : off + n])
 
     def reserve(self, n: int, *, timeout: float | None = None) -> Reservation:
         """Reserve ``n`` bytes of arena, waiting for space."""
@@ -298,90 +248,58 @@ class Channel:
             try:
                 return self.reserve_nowait(n)
             except WouldBlock:
-                self._stats[4] += 1
-                self._wait(self._send_word(n), deadline)
+                self._send_waits += 1
+                self._wait(self._send_word(), deadline)
 
-    def _send_word(self, n: int) -> tuple[int, int]:
-        """The peer word whose change could let an ``n``-byte send proceed, and its value."""
-        if self._prod.full():
-            return self._peer_tail, self._prod.tail
-        return self._peer_freed, self._writer.freed
-
-    def _allocate(self, n: int) -> int:
-        self._check_usable()
-        prod = self._prod
-        if prod.full():
-            prod.update_tail(self._m.load_u64(self._peer_tail))
-            if prod.full():
-                raise WouldBlock("ring full")
-        w = self._writer
-        off = w.allocate(n)
-        if off is None:
-            w.update_freed(self._m.load_u64(self._peer_freed))
-            off = w.allocate(n)
-            if off is None:
-                raise WouldBlock("arena full")
-        return off
-
-    def _commit(self, off: int, n: int, msg_id: int, kind: int, flags: int) -> None:
-        if self._reserved:
-            self._reserved = False
-            self._writer.trim_last(n)
-        prod = self._prod
-        head = prod.head
-        prod.head = head + 1
-        peer = self._m.publish_slot(
-            self._out_ring + (head & prod.mask) * SLOT_SIZE,
-            msg_id, kind, flags, n, off, self._head_word, head + 1, self._peer_sleep,
-        )
-        st = self._stats
-        st[0] += 1
-        st[1] += n
-        if peer & _ASLEEP and peer != self._last_woken:
-            self._wake_peer(peer)
+    def _send_word(self) -> tuple[int, int]:
+        """The peer word whose change could let a blocked send proceed, and its value."""
+        _, tail, freed = self._ep.refresh()
+        st = self._ep.state()
+        if st["out_head"] - tail >= self._slots:
+            return self._peer_tail, tail
+        return self._peer_freed, freed
 
     # ---------------------------------------------------------------- receiving
 
     def recv_nowait(self) -> Message:
         """Take the next message, or raise WouldBlock (PeerLostError if the peer closed)."""
-        self._check_usable()
-        cons = self._cons
-        if cons.head == cons.tail:
-            cons.update_head(self._m.load_u64(self._peer_head))
-            if cons.head == cons.tail:
-                if self._m.load_u32(self._peer_state) == State.CLOSED:
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        r = self._ep.recv()
+        if r is None:
+            if self._m.load_u32(self._peer_state) == State.CLOSED:
+                # Re-check: the peer may have published just before closing.
+                r = self._ep.recv()
+                if r is None:
                     raise PeerLostError("peer closed the channel")
+            else:
                 raise WouldBlock("nothing to receive")
-        tail = cons.tail
-        msg_id, kind, flags, n, off, reserved = self._m.read_slot(
-            self._in_ring + (tail & cons.mask) * SLOT_SIZE
-        )
-        if kind not in KINDS or flags & ~FLAG_MASK or reserved:
-            self._break(
-                f"slot {tail}: kind {kind}, flags {flags:#x}, reserved {reserved:#x} invalid"
-            )
-        try:
-            lease = self._reader.accept(off, n)
-        except PeerBrokenError as exc:
-            self._break(f"slot {tail}: {exc}")
-        cons.tail = tail + 1
-        peer = self._m.publish(self._tail_word, tail + 1, self._peer_sleep)
-        if peer & _ASLEEP and peer != self._last_woken:
-            self._wake_peer(peer)
-        st = self._stats
-        st[2] += 1
-        st[3] += n
-        return Message(self, msg_id, kind, flags, self._in[off : off + n], lease)
+        return r
 
     def recv(self, *, timeout: float | None = None) -> Message:
         """Wait for the next message; TimeoutError after ``timeout`` seconds."""
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        msg = self._ep.recv()
+        if msg is not None:
+            return msg
         deadline = None if timeout is None else time.monotonic() + timeout
+        ep = self._ep
+        spin = self.spin
         while True:
+            budget = spin.budget()
+            if budget:
+                msg = ep.spin_recv(budget)
+                if msg is not None:
+                    spin.won()
+                    return msg
             try:
                 return self.recv_nowait()
             except WouldBlock:
-                self._stats[5] += 1
-                self._wait((self._peer_head, self._cons.head), deadline)
+                self._recv_waits += 1
+                self._sleep_until_news(deadline)
+            if budget:
+                spin.lost()
 
     def __iter__(self) -> Iterator[Message]:
         """Receive until the peer closes its end."""
@@ -391,28 +309,30 @@ class Channel:
             except PeerLostError:
                 return
 
-    def _release(self, lease: Lease) -> None:
-        freed = self._reader.release(lease)
-        if freed is not None and not self._closed:
-            peer = self._m.publish(self._freed_word, freed, self._peer_sleep)
-            if peer & _ASLEEP and peer != self._last_woken:
-                self._wake_peer(peer)
-
     # ------------------------------------------------------------------ waiting
 
     def _wait(self, word: tuple[int, int], deadline: float | None) -> None:
         """Block until the peer word ``word = (offset, seen)`` may have changed.
 
-        Spin first, then sleep in FUTEX_WAIT in slices of ``liveness_interval`` seconds,
-        checking between slices that the peer is alive.  Returns spuriously at times: the
-        caller retries its operation.
+        Spin first, then sleep.  Returns spuriously at times: the caller retries.
         """
         off, seen = word
-        m = self._m
         budget = self.spin.budget()
-        if budget and m.spin_while_equal(off, seen, budget) != seen:
+        if budget and self._m.spin_while_equal(off, seen, budget) != seen:
             self.spin.won()
             return
+        self._sleep_until_news(deadline)
+        if budget:
+            self.spin.lost()
+
+    def _sleep_until_news(self, deadline: float | None) -> None:
+        """Sleep in FUTEX_WAIT until the peer publishes anything, the deadline passes
+        (TimeoutError), or the peer is found dead or closed (PeerLostError).
+
+        Sleeps in slices of ``liveness_interval`` seconds, checking between slices that the
+        peer is alive, so a peer killed with SIGKILL is noticed promptly.
+        """
+        m = self._m
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -422,38 +342,32 @@ class Channel:
                 slice_ = min(slice_, deadline - now)
             seq = self.prepare_sleep(doorbell=False)
             if seq is None:
-                break
-            self._stats[6] += 1
+                return
+            self._sleeps += 1
             woken = m.futex_wait(self._wake_word, seq, slice_)
             self.finish_sleep()
             if woken:
-                break
+                return
             self.check_peer()
-        if budget:
-            self.spin.lost()
 
     def prepare_sleep(self, *, doorbell: bool) -> int | None:
-        """Announce that this side is about to sleep; None if it must not (work is ready).
+        """Announce that this side is about to sleep; None if it must not (news arrived).
 
-        Returns the wake sequence to sleep on.  The caller must sleep (futex on the wake word,
-        or the doorbell if ``doorbell``) only if this returns an int, and must call
-        ``finish_sleep()`` when it wakes.  Store, full fence, re-check: a peer that publishes
-        after the re-check sees the announcement and wakes us.
+        Returns the wake sequence to sleep on.  The caller sleeps (FUTEX_WAIT on the wake
+        word, or on the doorbell eventfd if ``doorbell``) only if this returns an int, and
+        calls ``finish_sleep()`` when it wakes.  Store, full fence, re-check: a peer that
+        publishes after the re-check sees the announcement and wakes us.
         """
         m = self._m
-        # Refresh the caches of the peer's progress first, so that only news that arrives
-        # after this point counts as a reason not to sleep.
-        self._prod.update_tail(m.load_u64(self._peer_tail))
-        self._writer.update_freed(m.load_u64(self._peer_freed))
+        head, tail, freed = self._ep.refresh()  # news from before here is already taken
         seq = m.load_u32(self._wake_word)
-        self._epoch += _EPOCH
-        word = self._epoch | _ASLEEP | (_DOORBELL if doorbell else 0)
-        m.store_u32(self._sleep_word, word & 0xFFFFFFFF)
+        self._epoch = (self._epoch + _EPOCH) & 0xFFFFFFFC
+        m.store_u32(self._sleep_word, self._epoch | _ASLEEP | (_DOORBELL if doorbell else 0))
         _native.fence()
         if (
-            m.load_u64(self._peer_head) != self._cons.head
-            or m.load_u64(self._peer_tail) != self._prod.tail
-            or m.load_u64(self._peer_freed) != self._writer.freed
+            m.load_u64(self._peer_head) != head
+            or m.load_u64(self._peer_tail) != tail
+            or m.load_u64(self._peer_freed) != freed
             or m.load_u32(self._peer_state) == State.CLOSED
         ):
             self.finish_sleep()
@@ -462,39 +376,23 @@ class Channel:
 
     def finish_sleep(self) -> None:
         """Announce that this side is awake again."""
-        self._m.store_u32(self._sleep_word, self._epoch & 0xFFFFFFFF & ~(_ASLEEP | _DOORBELL))
-
-    def _wake_peer(self, peer_word: int) -> None:
-        """Wake a peer that announced sleep (once per announcement)."""
-        self._last_woken = peer_word
-        self._wake_seq = (self._wake_seq + 1) & 0xFFFFFFFF
-        self._m.store_u32(self._peer_wake, self._wake_seq)
-        self._stats[7] += 1
-        if peer_word & _DOORBELL:
-            bell = self.region.doorbell_fd
-            if bell is not None:
-                try:
-                    os.eventfd_write(bell, 1)
-                except BlockingIOError:
-                    pass  # counter saturated: the front is certainly going to look
-        else:
-            self._m.futex_wake(self._peer_wake, 1)
+        self._m.store_u32(self._sleep_word, self._epoch)
 
     # ---------------------------------------------------------------- liveness
 
     def peer_alive(self) -> bool:
         """False once the peer's process is known to have exited."""
-        if self._pidfd is None:
-            if self._peer_pid is None:
-                return True
-            try:
-                os.kill(self._peer_pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
+        if self._pidfd is not None:
+            return not select.select([self._pidfd], [], [], 0)[0]
+        if self._peer_pid is None:
             return True
-        return not select.select([self._pidfd], [], [], 0)[0]
+        try:
+            os.kill(self._peer_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def check_peer(self) -> None:
         """Raise PeerLostError if the peer closed its end or died."""
@@ -502,16 +400,6 @@ class Channel:
             raise PeerLostError("peer closed the channel")
         if not self.peer_alive():
             raise PeerLostError(f"peer process {self._peer_pid} died")
-
-    def _break(self, why: str) -> NoReturn:
-        self._broken = PeerBrokenError(f"{self.side.value} channel: peer broke protocol: {why}")
-        raise self._broken
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise ClosedResourceError("channel is closed")
-        if self._broken is not None:
-            raise PeerBrokenError(str(self._broken))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -525,9 +413,18 @@ class Channel:
             return
         self._closed = True
         if not self.region.closed:
-            peer = self._m.publish(self._state_word, State.CLOSED, self._peer_sleep)
-            if peer & _ASLEEP:
-                self._wake_peer(peer)
+            m = self._m
+            m.store_u32(self._state_word, State.CLOSED)
+            _native.fence()
+            # Wake the peer whatever it announced: it re-checks and sees CLOSED.
+            peer_wake = Word.WORKER_WAKE if self.side is Side.FRONT else Word.FRONT_WAKE
+            m.fetch_add_u64(peer_wake - peer_wake % 8, 0)  # keep the line warm; no-op
+            m.store_u32(peer_wake, (m.load_u32(peer_wake) + 1) & 0xFFFFFFFF)
+            m.futex_wake(peer_wake, 1 << 30)
+            bell = self.region.doorbell_fd
+            if self.side is Side.WORKER and bell is not None:
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(bell, 1)
         self._out.release()
         self._in.release()
         if self._pidfd is not None:
@@ -541,10 +438,20 @@ class Channel:
 
     def statistics(self) -> ChannelStatistics:
         """A snapshot of this end's counters."""
-        s = self._stats
+        st = self._ep.state()
         return ChannelStatistics(
-            self.side.value, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-            self._writer.in_use, self._reader.live, self.spin.statistics(),
+            side=self.side.value,
+            messages_sent=st["messages_sent"],
+            bytes_sent=st["bytes_sent"],
+            messages_received=st["messages_received"],
+            bytes_received=st["bytes_received"],
+            send_waits=self._send_waits,
+            recv_waits=self._recv_waits,
+            sleeps=self._sleeps,
+            wakes_sent=st["wakes_sent"],
+            arena_in_use=st["arena_in_use"],
+            live_leases=st["live_leases"],
+            spin=self.spin.statistics(),
         )
 
     def __enter__(self) -> Channel:
@@ -554,8 +461,8 @@ class Channel:
         self.close()
 
     def __repr__(self) -> str:
+        st = self._ep.state()
         return (
-            f"<Channel {self.side.value} out={self._prod!r} in={self._cons!r} "
-            f"{'closed' if self._closed else 'open'}>"
+            f"<Channel {self.side.value} sent={st['messages_sent']} "
+            f"received={st['messages_received']} {'closed' if self._closed else 'open'}>"
         )
-
