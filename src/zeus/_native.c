@@ -1291,6 +1291,29 @@ Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
                          (unsigned long long)t, (unsigned long long)f);
 }
 
+/* wake_peer(): wake the peer unconditionally (after publishing CLOSED): bump its wake word,
+   FUTEX_WAKE every waiter, and ring the doorbell if there is one. */
+static PyObject *
+Endpoint_wake_peer(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!usable(self))
+        return NULL;
+    char *base = self->map->base;
+    self->wake_seq++;
+    atomic_store_explicit((_Atomic uint32_t *)(base + self->peer_wake_word), self->wake_seq,
+                          memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    syscall(SYS_futex, (uint32_t *)(base + self->peer_wake_word), FUTEX_WAKE, INT_MAX, NULL,
+            NULL, 0);
+    if (self->doorbell_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t rc = write(self->doorbell_fd, &one, sizeof one);
+        (void)rc;
+    }
+    self->wakes++;
+    Py_RETURN_NONE;
+}
+
 /* state() -> dict of the local counters (for statistics and repr). */
 static PyObject *
 Endpoint_state(Endpoint *self, PyObject *Py_UNUSED(ignored))
@@ -1328,6 +1351,8 @@ static PyMethodDef Endpoint_methods[] = {
     {"refresh", (PyCFunction)Endpoint_refresh, METH_NOARGS,
      "Reload and check the peer's tail and release position."},
     {"state", (PyCFunction)Endpoint_state, METH_NOARGS, "Local counters as a dict."},
+    {"wake_peer", (PyCFunction)Endpoint_wake_peer, METH_NOARGS,
+     "Wake the peer unconditionally (futex and doorbell)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,9 +12,12 @@ front      request ring        response ring        request arena
 worker     response ring       request ring         response arena
 =========  ==================  ===================  ==================
 
-*Sending* allocates arena space (``zeus.core.arena``), copies the payload in (or lets the caller
-fill it in place with ``reserve``), then publishes one 32-byte slot and the new head with a
-release store.  Payloads larger than ``max_chunk`` go out as several messages with
+The per-message work runs in one call into the C extension (``_native.Endpoint``), which keeps
+this end's counters and applies the rules of ``zeus.core.ring`` and ``zeus.core.arena`` (the
+executable specification, differential-tested against it); this module decides when to wait.
+
+*Sending* allocates arena space, copies the payload in (or lets the caller fill it in place with
+``reserve``), then publishes one 32-byte slot and the new head with a release store.  Payloads larger than ``max_chunk`` go out as several messages with
 ``Flag.MORE`` on all but the last; a full ring or arena is back-pressure: ``*_nowait`` raises
 WouldBlock, the blocking calls wait.
 
@@ -35,7 +38,6 @@ promptly.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
@@ -413,18 +415,10 @@ class Channel:
             return
         self._closed = True
         if not self.region.closed:
-            m = self._m
-            m.store_u32(self._state_word, State.CLOSED)
-            _native.fence()
-            # Wake the peer whatever it announced: it re-checks and sees CLOSED.
-            peer_wake = Word.WORKER_WAKE if self.side is Side.FRONT else Word.FRONT_WAKE
-            m.fetch_add_u64(peer_wake - peer_wake % 8, 0)  # keep the line warm; no-op
-            m.store_u32(peer_wake, (m.load_u32(peer_wake) + 1) & 0xFFFFFFFF)
-            m.futex_wake(peer_wake, 1 << 30)
-            bell = self.region.doorbell_fd
-            if self.side is Side.WORKER and bell is not None:
-                with contextlib.suppress(OSError):
-                    os.eventfd_write(bell, 1)
+            # Publish CLOSED, then wake the peer whatever it announced: it re-checks and sees
+            # CLOSED (store -> fence inside wake_peer -> the peer's re-check).
+            self._m.store_u32(self._state_word, State.CLOSED)
+            self._ep.wake_peer()
         self._out.release()
         self._in.release()
         if self._pidfd is not None:

@@ -17,6 +17,7 @@ environment (``child_env()``), and attaches with ``Region.attach()`` or
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -160,10 +161,9 @@ class Region:
         self._closed = True
         self.memory.release()
         self.view.release()
-        try:
+        # With views still exported, the mapping is freed with the last of them.
+        with contextlib.suppress(BufferError):
             self.mm.close()
-        except BufferError:
-            pass  # views still exported; the mapping is freed with the last of them
         os.close(self.fd)
         if self.doorbell_fd is not None:
             os.close(self.doorbell_fd)
