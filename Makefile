@@ -22,9 +22,9 @@ install: $(STAMP) $(NATIVE)
 
 native: $(NATIVE)
 
-## run: a demo of the channel between two processes (the HTTP front comes with `zeus serve`)
+## run: serve the example app on http://127.0.0.1:8000
 run: install
-	$(BIN)/python examples/channel_demo.py
+	$(BIN)/zeus serve examples.hello:app --bind 127.0.0.1:8000 --access-log
 
 lint: install
 	$(BIN)/ruff check src tests bench examples

@@ -18,11 +18,13 @@ from zeus.errors import (
     ZeusError,
 )
 from zeus.region import Region
+from zeus.worker import ClientDisconnected, Request, Response, ResponseWriter, Worker
 
 __all__ = [
     "Channel",
     "ChannelError",
     "ChannelStatistics",
+    "ClientDisconnected",
     "ClosedResourceError",
     "ConfigError",
     "Flag",
@@ -32,9 +34,13 @@ __all__ = [
     "PeerLostError",
     "Region",
     "RegionMismatchError",
+    "Request",
     "Reservation",
+    "Response",
+    "ResponseWriter",
     "Side",
     "SpinPolicy",
+    "Worker",
     "WouldBlock",
     "ZeusError",
 ]

@@ -38,6 +38,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -57,6 +58,7 @@ typedef struct {
     char *base;
     Py_ssize_t len;
     int has_view;
+    int busy; /* calls running with the GIL released: release() must wait for them */
 } Mapping;
 
 static int64_t
@@ -97,6 +99,10 @@ Mapping_init(Mapping *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"buffer", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Mapping", kwlist, &obj))
         return -1;
+    if (self->busy) {
+        PyErr_SetString(PyExc_BufferError, "mapping in use by a blocking call in another thread");
+        return -1;
+    }
     if (self->has_view) {
         PyBuffer_Release(&self->view);
         self->has_view = 0;
@@ -126,6 +132,10 @@ Mapping_dealloc(Mapping *self)
 static PyObject *
 Mapping_release(Mapping *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->busy) {
+        PyErr_SetString(PyExc_BufferError, "mapping in use by a blocking call in another thread");
+        return NULL;
+    }
     if (self->has_view) {
         PyBuffer_Release(&self->view);
         self->has_view = 0;
@@ -357,6 +367,7 @@ Mapping_spin_while_equal(Mapping *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t cur = atomic_load_explicit(w, memory_order_acquire);
     if (cur != value || budget <= 0)
         return PyLong_FromUnsignedLongLong(cur);
+    self->busy++;
     Py_BEGIN_ALLOW_THREADS
     int64_t deadline = now_ns() + budget;
     for (;;) {
@@ -371,6 +382,7 @@ Mapping_spin_while_equal(Mapping *self, PyObject *const *args, Py_ssize_t nargs)
     }
 done:;
     Py_END_ALLOW_THREADS
+    self->busy--;
     return PyLong_FromUnsignedLongLong(cur);
 }
 
@@ -390,19 +402,31 @@ Mapping_futex_wait(Mapping *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t off = PyLong_AsSsize_t(args[0]);
-    unsigned long expected = PyLong_AsUnsignedLong(args[1]);
+    unsigned long long expected = PyLong_AsUnsignedLongLong(args[1]);
     if (PyErr_Occurred())
         return NULL;
+    if (expected > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "expected value does not fit in 32 bits");
+        return NULL;
+    }
     double timeout = -1.0;
     if (args[2] != Py_None) {
         timeout = PyFloat_AsDouble(args[2]);
         if (timeout == -1.0 && PyErr_Occurred())
             return NULL;
+        if (timeout != timeout) {
+            PyErr_SetString(PyExc_ValueError, "timeout is NaN");
+            return NULL;
+        }
         if (timeout < 0)
             timeout = 0;
+        if (timeout > 1e9)
+            timeout = -1.0; /* over 31 years: no limit */
     }
     if (check_off(self, off, 4) < 0)
         return NULL;
+    if (atomic_load_explicit(U32(self, off), memory_order_acquire) != (uint32_t)expected)
+        Py_RETURN_TRUE; /* already changed: that is a wake-up, whatever the timeout */
     int64_t deadline = timeout >= 0 ? now_ns() + (int64_t)(timeout * 1e9) : 0;
     for (;;) {
         struct timespec ts, *tsp = NULL;
@@ -416,11 +440,13 @@ Mapping_futex_wait(Mapping *self, PyObject *const *args, Py_ssize_t nargs)
         }
         long rc;
         int err;
+        self->busy++;
         Py_BEGIN_ALLOW_THREADS
         rc = syscall(SYS_futex, (uint32_t *)(self->base + off), FUTEX_WAIT, (uint32_t)expected,
                      tsp, NULL, 0);
         err = errno;
         Py_END_ALLOW_THREADS
+        self->busy--;
         if (rc == 0)
             Py_RETURN_TRUE;
         if (err == EAGAIN)
@@ -449,7 +475,11 @@ Mapping_futex_wake(Mapping *self, PyObject *const *args, Py_ssize_t nargs)
     long count = PyLong_AsLong(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    if (count < 1 || count > INT_MAX)
+    if (count < 1) {
+        PyErr_SetString(PyExc_ValueError, "futex_wake count must be >= 1");
+        return NULL;
+    }
+    if (count > INT_MAX)
         count = INT_MAX;
     if (check_off(self, off, 4) < 0)
         return NULL;
@@ -532,6 +562,8 @@ static PyTypeObject MappingType = {
 #define SLOT 32
 #define ASLEEP 1u
 #define DOORBELL 2u
+#define WANT_DATA 4u  /* the sleeper waits for messages */
+#define WANT_SPACE 8u /* the sleeper waits for ring slots or arena space */
 
 static PyObject *PeerBrokenError = NULL;
 
@@ -563,6 +595,7 @@ typedef struct {
     uint32_t last_woken, wake_seq;
     int doorbell_fd;
     PyObject *in_view; /* memoryview of the in arena: Message.data slices it */
+    PyObject *broken_msg; /* set once the peer broke the protocol */
     uint64_t kinds_mask; /* bit k set: kind k is valid */
     uint32_t flags_mask; /* flag bits that may be set */
     /* counters */
@@ -575,15 +608,27 @@ align64(uint64_t n)
     return (n + ARENA_ALIGN - 1) & ~(uint64_t)(ARENA_ALIGN - 1);
 }
 
+/* The peer broke the protocol: raise PeerBrokenError, and latch it -- the endpoint refuses
+   every later operation with the first reason (a broken channel stays dead). */
+static void
+set_broken(Endpoint *e, PyObject *msg)
+{
+    if (e->broken_msg == NULL) {
+        Py_INCREF(msg);
+        e->broken_msg = msg;
+    }
+    PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
+}
+
 static PyObject *
-broken(const char *fmt, ...)
+broken(Endpoint *e, const char *fmt, ...)
 {
     va_list va;
     va_start(va, fmt);
     PyObject *msg = PyUnicode_FromFormatV(fmt, va);
     va_end(va);
     if (msg) {
-        PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
+        set_broken(e, msg);
         Py_DECREF(msg);
     }
     return NULL;
@@ -592,9 +637,13 @@ broken(const char *fmt, ...)
 /* After a publication: if the peer announced sleep (and we have not yet woken it for that
    announcement), bump its wake word and wake it by futex or by its doorbell eventfd. */
 static void
-wake_if_asleep(Endpoint *e, uint32_t peer)
+wake_if_asleep(Endpoint *e, uint32_t peer, uint32_t want)
 {
-    if (!(peer & ASLEEP) || peer == e->last_woken)
+    if (!(peer & ASLEEP)) {
+        e->last_woken = 0; /* awake: the next announcement is new, whatever its epoch */
+        return;
+    }
+    if (!(peer & want) || peer == e->last_woken)
         return;
     e->last_woken = peer;
     e->wake_seq++;
@@ -701,6 +750,7 @@ Endpoint_dealloc(Endpoint *self)
 {
     Py_XDECREF(self->map);
     Py_XDECREF(self->in_view);
+    Py_XDECREF(self->broken_msg);
     PyMem_Free(self->fifo);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -710,6 +760,10 @@ usable(Endpoint *e)
 {
     if (!e->map || !e->map->has_view) {
         PyErr_SetString(PyExc_ValueError, "endpoint's mapping is released");
+        return 0;
+    }
+    if (e->broken_msg) {
+        PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, e->broken_msg);
         return 0;
     }
     return 1;
@@ -724,7 +778,7 @@ ring_room(Endpoint *e)
     uint64_t t = atomic_load_explicit((_Atomic uint64_t *)(e->map->base + e->peer_tail_word),
                                       memory_order_acquire);
     if (t < e->out_tail_cache || t > e->out_head) {
-        broken("ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
+        broken(e, "ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
                (unsigned long long)e->out_tail_cache, (unsigned long long)e->out_head);
         return -1;
     }
@@ -740,9 +794,11 @@ arena_alloc(Endpoint *e, uint64_t n)
         e->a_prev = e->a_last = e->a_head;
         return 0;
     }
-    if (n > e->out_size) {
-        PyErr_Format(PyExc_ValueError, "allocation of %llu bytes in an arena of %llu",
-                     (unsigned long long)n, (unsigned long long)e->out_size);
+    if (n > e->out_size / 2 || n > UINT32_MAX) {
+        /* Half the part at most: then an allocation always fits once everything before it is
+           released, wherever the head is (either before the end or after the wrap). */
+        PyErr_Format(PyExc_ValueError, "allocation of %llu bytes; at most half the arena (%llu)",
+                     (unsigned long long)n, (unsigned long long)(e->out_size / 2));
         return -2;
     }
     uint64_t a = align64(n), room = e->out_size - e->a_head % e->out_size;
@@ -751,7 +807,7 @@ arena_alloc(Endpoint *e, uint64_t n)
         uint64_t f = atomic_load_explicit(
             (_Atomic uint64_t *)(e->map->base + e->peer_freed_word), memory_order_acquire);
         if (f < e->a_freed || f > e->a_head) {
-            broken("arena release position %llu outside [%llu, %llu]", (unsigned long long)f,
+            broken(e, "arena release position %llu outside [%llu, %llu]", (unsigned long long)f,
                    (unsigned long long)e->a_freed, (unsigned long long)e->a_head);
             return -2;
         }
@@ -781,7 +837,7 @@ publish_slot_ep(Endpoint *e, uint64_t id, uint16_t kind, uint16_t flags, uint32_
     e->msgs_out++;
     e->bytes_out += len;
     /* release: slot fields and arena bytes are visible before the head that covers them */
-    wake_if_asleep(e, publish_u64(e, e->head_word, e->out_head));
+    wake_if_asleep(e, publish_u64(e, e->head_word, e->out_head), WANT_DATA);
 }
 
 static int
@@ -911,14 +967,14 @@ Endpoint_commit(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static int
-broken_i(const char *fmt, ...)
+broken_i(Endpoint *e, const char *fmt, ...)
 {
     va_list va;
     va_start(va, fmt);
     PyObject *msg = PyUnicode_FromFormatV(fmt, va);
     va_end(va);
     if (msg) {
-        PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
+        set_broken(e, msg);
         Py_DECREF(msg);
     }
     return -1;
@@ -943,7 +999,7 @@ take(Endpoint *self, Taken *t)
         uint64_t h = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_head_word),
                                           memory_order_acquire);
         if (h < self->in_head_cache || h - self->in_tail > self->slots)
-            return broken_i("ring head %llu outside [%llu, %llu]", (unsigned long long)h,
+            return broken_i(self, "ring head %llu outside [%llu, %llu]", (unsigned long long)h,
                           (unsigned long long)self->in_head_cache,
                           (unsigned long long)(self->in_tail + self->slots));
         self->in_head_cache = h;
@@ -962,31 +1018,32 @@ take(Endpoint *self, Taken *t)
     memcpy(&len, local + 12, 4);
     memcpy(&off, local + 16, 8);
     memcpy(&reserved, local + 24, 8);
-    if (kind >= 64 || !((self->kinds_mask >> kind) & 1) || (flags & ~self->flags_mask) || reserved)
-        return broken_i("slot %llu: kind %u, flags %#x, reserved %#llx invalid",
+    if (kind >= 64 || !((self->kinds_mask >> kind) & 1) || (flags & ~self->flags_mask) ||
+        (flags & 3u) == 3u || reserved)
+        return broken_i(self, "slot %llu: kind %u, flags 0x%x, reserved %llu invalid",
                       (unsigned long long)seq, kind, flags, (unsigned long long)reserved);
     long long token = -1;
     if (len == 0) {
         if (off != 0)
-            return broken_i("slot %llu: zero-length message with offset %llu",
+            return broken_i(self, "slot %llu: zero-length message with offset %llu",
                           (unsigned long long)seq, (unsigned long long)off);
     } else {
         uint64_t size = self->in_size, pos = self->r_expected;
         uint64_t room = size - pos % size, a = align64(len), start;
         if (len > size)
-            return broken_i("slot %llu: message of %u bytes in an arena of %llu",
+            return broken_i(self, "slot %llu: message of %u bytes in an arena of %llu",
                           (unsigned long long)seq, len, (unsigned long long)size);
         if (off == pos % size && a <= room)
             start = pos;
         else if (off == 0)
             start = pos + room; /* the writer skipped the rest of the part */
         else
-            return broken_i("slot %llu: message at offset %llu, expected %llu or 0 (length %u)",
+            return broken_i(self, "slot %llu: message at offset %llu, expected %llu or 0 (length %u)",
                           (unsigned long long)seq, (unsigned long long)off,
                           (unsigned long long)(pos % size), len);
         uint64_t end = start + a;
         if (end - self->r_freed > size)
-            return broken_i("slot %llu: message ends at %llu, past released %llu + size",
+            return broken_i(self, "slot %llu: message ends at %llu, past released %llu + size",
                           (unsigned long long)seq, (unsigned long long)end,
                           (unsigned long long)self->r_freed);
         if (self->fifo_next - self->fifo_first == self->fifo_cap) {
@@ -1012,7 +1069,7 @@ take(Endpoint *self, Taken *t)
     self->in_tail = seq + 1;
     self->msgs_in++;
     self->bytes_in += len;
-    wake_if_asleep(self, publish_u64(self, self->tail_word, self->in_tail));
+    wake_if_asleep(self, publish_u64(self, self->tail_word, self->in_tail), WANT_SPACE);
     t->id = id;
     t->off = off;
     t->len = len;
@@ -1050,6 +1107,8 @@ Endpoint_spin_recv(Endpoint *self, PyObject *arg)
     if (self->in_head_cache == self->in_tail && budget > 0) {
         _Atomic uint64_t *w = (_Atomic uint64_t *)(self->map->base + self->peer_head_word);
         uint64_t seen = self->in_head_cache;
+        Mapping *map = self->map;
+        map->busy++;
         Py_BEGIN_ALLOW_THREADS
         int64_t deadline = now_ns() + budget;
         for (;;) {
@@ -1063,6 +1122,7 @@ Endpoint_spin_recv(Endpoint *self, PyObject *arg)
                 break;
         }
         Py_END_ALLOW_THREADS
+        map->busy--;
     }
     return Endpoint_recv(self, NULL);
 }
@@ -1092,7 +1152,7 @@ release_lease(Endpoint *self, long long token)
                                                         : self->r_expected;
     self->r_freed = freed;
     if (self->map && self->map->has_view)
-        wake_if_asleep(self, publish_u64(self, self->freed_word, freed));
+        wake_if_asleep(self, publish_u64(self, self->freed_word, freed), WANT_SPACE);
     return 0;
 }
 
@@ -1234,7 +1294,7 @@ Message_get_end(Message *self, void *Py_UNUSED(c))
 static PyObject *
 Message_repr(Message *self)
 {
-    return PyUnicode_FromFormat("<Message id=%llu kind=%u flags=%#x%s>", self->id, self->kind,
+    return PyUnicode_FromFormat("<Message id=%llu kind=%u flags=0x%x%s>", self->id, self->kind,
                                 self->flags, self->token >= 0 ? " live" : "");
 }
 
@@ -1267,28 +1327,38 @@ static PyTypeObject MessageType = {
     .tp_getset = Message_getset,
 };
 
-/* refresh() -> (peer_head, peer_tail, peer_freed): check and cache the peer's progress words,
-   for the sleep announcement's re-check. */
+/* refresh() -> (peer_head, peer_tail, peer_freed, changed): reload, check and cache the
+   peer's three progress words; `changed` tells whether any moved since last seen (then the
+   caller must retry before sleeping: the news is already here). */
 static PyObject *
 Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
 {
     if (!usable(self))
         return NULL;
     char *base = self->map->base;
+    uint64_t h = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_head_word),
+                                      memory_order_acquire);
     uint64_t t = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_tail_word),
                                       memory_order_acquire);
     uint64_t f = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_freed_word),
                                       memory_order_acquire);
+    if (h < self->in_head_cache || h - self->in_tail > self->slots)
+        return broken(self, "ring head %llu outside [%llu, %llu]", (unsigned long long)h,
+                      (unsigned long long)self->in_head_cache,
+                      (unsigned long long)(self->in_tail + self->slots));
     if (t < self->out_tail_cache || t > self->out_head)
-        return broken("ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
+        return broken(self, "ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
                       (unsigned long long)self->out_tail_cache, (unsigned long long)self->out_head);
     if (f < self->a_freed || f > self->a_head)
-        return broken("arena release position %llu outside [%llu, %llu]", (unsigned long long)f,
-                      (unsigned long long)self->a_freed, (unsigned long long)self->a_head);
+        return broken(self, "arena release position %llu outside [%llu, %llu]",
+                      (unsigned long long)f, (unsigned long long)self->a_freed,
+                      (unsigned long long)self->a_head);
+    int changed = h != self->in_head_cache || t != self->out_tail_cache || f != self->a_freed;
+    self->in_head_cache = h;
     self->out_tail_cache = t;
     self->a_freed = f;
-    return Py_BuildValue("(KKK)", (unsigned long long)self->in_head_cache,
-                         (unsigned long long)t, (unsigned long long)f);
+    return Py_BuildValue("(KKKO)", (unsigned long long)h, (unsigned long long)t,
+                         (unsigned long long)f, changed ? Py_True : Py_False);
 }
 
 /* wake_peer(): wake the peer unconditionally (after publishing CLOSED): bump its wake word,
@@ -1392,7 +1462,22 @@ native_fence(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* set_pdeathsig(signal): the kernel sends `signal` to this process when its parent exits
+   (prctl PR_SET_PDEATHSIG); a worker must not outlive its front. */
+static PyObject *
+native_set_pdeathsig(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    long sig = PyLong_AsLong(arg);
+    if (sig == -1 && PyErr_Occurred())
+        return NULL;
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"set_pdeathsig", native_set_pdeathsig, METH_O,
+     "Have the kernel send a signal to this process when its parent exits."},
     {"fence", native_fence, METH_NOARGS, "Full (sequentially consistent) memory fence."},
     {"set_broken_error", native_set_broken_error, METH_O,
      "Set the exception class raised when the peer breaks the protocol."},

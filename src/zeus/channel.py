@@ -17,7 +17,8 @@ this end's counters and applies the rules of ``zeus.core.ring`` and ``zeus.core.
 executable specification, differential-tested against it); this module decides when to wait.
 
 *Sending* allocates arena space, copies the payload in (or lets the caller fill it in place with
-``reserve``), then publishes one 32-byte slot and the new head with a release store.  Payloads larger than ``max_chunk`` go out as several messages with
+``reserve``), then publishes one 32-byte slot and the new head with a release store.
+Payloads larger than ``max_chunk`` go out as several messages with
 ``Flag.MORE`` on all but the last; a full ring or arena is back-pressure: ``*_nowait`` raises
 WouldBlock, the blocking calls wait.
 
@@ -63,7 +64,9 @@ from zeus.region import Region
 
 _ASLEEP: Final = 1  # sleep word bit: this side is asleep or about to sleep
 _DOORBELL: Final = 2  # sleep word bit: wake me through the doorbell eventfd, not the futex
-_EPOCH: Final = 4  # sleep word increment per sleep
+_WANT_DATA: Final = 4  # sleep word bit: wake me when a message is published
+_WANT_SPACE: Final = 8  # sleep word bit: wake me when ring slots or arena space come back
+_EPOCH: Final = 16  # sleep word increment per sleep
 _KINDS_MASK: Final = sum(1 << k for k in KINDS)
 
 _native.set_broken_error(PeerBrokenError)
@@ -147,9 +150,8 @@ class Channel:
             self._sleep_word, self._wake_word = int(Word.FRONT_SLEEP), int(Word.FRONT_WAKE)
             peer_sleep, peer_wake = Word.WORKER_SLEEP, Word.WORKER_WAKE
             self._state_word, self._peer_state = int(Word.FRONT_STATE), int(Word.WORKER_STATE)
-            if peer_pid is None:
-                peer_pid = m.load_u32(WORKER_PID) or None
-            bell = -1  # the worker never asks to be woken by a doorbell
+            # peer_pid comes from the caller (who spawned the worker), never from the region,
+            # which the worker could have written anything into.
         else:
             out_ring, in_ring = g.resp_ring, g.req_ring
             out_arena, out_size = g.resp_arena, g.resp_arena_size
@@ -161,10 +163,10 @@ class Channel:
             self._state_word, self._peer_state = int(Word.WORKER_STATE), int(Word.FRONT_STATE)
             if peer_pid is None:
                 peer_pid = m.load_u32(FRONT_PID) or None
-            bell = -1 if region.doorbell_fd is None else region.doorbell_fd
             m.store_u32(WORKER_PID, os.getpid())
             m.store_u32(Word.WORKER_STATE, State.OPEN)
         head_word, peer_tail, tail_word, peer_head, freed_word, peer_freed = map(int, words)
+        bell = -1 if region.peer_bell is None else region.peer_bell
         self._peer_head, self._peer_tail, self._peer_freed = peer_head, peer_tail, peer_freed
         self._slots = g.slots
         self._out = region.view[out_arena : out_arena + out_size]
@@ -174,7 +176,9 @@ class Channel:
             head_word, peer_tail, tail_word, peer_head, freed_word, peer_freed,
             int(peer_sleep), int(peer_wake), _KINDS_MASK, FLAG_MASK, self._in, bell,
         )
-        self.max_chunk: Final = min(max_chunk or out_size // 4, out_size)
+        # At most half the part (so a chunk always fits once earlier ones are released) and
+        # under 2**31 (the slot's length field is 32 bits).
+        self.max_chunk: Final = min(max_chunk or out_size // 4, out_size // 2, 1 << 31)
         self.spin: Final = spin if spin is not None else SpinPolicy()
         self.liveness_interval = liveness_interval
         self._epoch = 0
@@ -189,6 +193,8 @@ class Channel:
         self._send_waits = 0
         self._recv_waits = 0
         self._sleeps = 0
+        if side is Side.WORKER:
+            self._ep.wake_peer()  # tell the front this end is open (ready)
 
     # ------------------------------------------------------------------ sending
 
@@ -223,8 +229,7 @@ class Channel:
             last = pos + step >= n
             f = flags if last else (flags & ~int(Flag.END)) | Flag.MORE
             while not ep.send(msg_id, kind, f, chunk):
-                self._send_waits += 1
-                self._wait(self._send_word(), deadline)
+                self._wait_space(deadline)
             if last:
                 return
             pos += step
@@ -250,16 +255,7 @@ class Channel:
             try:
                 return self.reserve_nowait(n)
             except WouldBlock:
-                self._send_waits += 1
-                self._wait(self._send_word(), deadline)
-
-    def _send_word(self) -> tuple[int, int]:
-        """The peer word whose change could let a blocked send proceed, and its value."""
-        _, tail, freed = self._ep.refresh()
-        st = self._ep.state()
-        if st["out_head"] - tail >= self._slots:
-            return self._peer_tail, tail
-        return self._peer_freed, freed
+                self._wait_space(deadline)
 
     # ---------------------------------------------------------------- receiving
 
@@ -299,7 +295,7 @@ class Channel:
                 return self.recv_nowait()
             except WouldBlock:
                 self._recv_waits += 1
-                self._sleep_until_news(deadline)
+                self._sleep_until_news(deadline, want=_WANT_DATA)
             if budget:
                 spin.lost()
 
@@ -313,21 +309,28 @@ class Channel:
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait(self, word: tuple[int, int], deadline: float | None) -> None:
-        """Block until the peer word ``word = (offset, seen)`` may have changed.
+    def _wait_space(self, deadline: float | None) -> None:
+        """After a send found the ring or arena full: wait until the peer consumes something.
 
-        Spin first, then sleep.  Returns spuriously at times: the caller retries.
+        Returns at once if the peer moved since the failed attempt (retry); raises
+        PeerLostError if the peer closed (nobody will ever make room).  Returns spuriously at
+        times: the caller retries its operation.
         """
-        off, seen = word
+        self._send_waits += 1
+        _, tail, _, changed = self._ep.refresh()
+        if changed:
+            return
+        if self._m.load_u32(self._peer_state) == State.CLOSED:
+            raise PeerLostError("peer closed the channel")
         budget = self.spin.budget()
-        if budget and self._m.spin_while_equal(off, seen, budget) != seen:
+        if budget and self._m.spin_while_equal(self._peer_tail, tail, budget) != tail:
             self.spin.won()
             return
-        self._sleep_until_news(deadline)
+        self._sleep_until_news(deadline, want=_WANT_SPACE)
         if budget:
             self.spin.lost()
 
-    def _sleep_until_news(self, deadline: float | None) -> None:
+    def _sleep_until_news(self, deadline: float | None, want: int) -> None:
         """Sleep in FUTEX_WAIT until the peer publishes anything, the deadline passes
         (TimeoutError), or the peer is found dead or closed (PeerLostError).
 
@@ -342,7 +345,7 @@ class Channel:
             slice_ = self.liveness_interval
             if deadline is not None:
                 slice_ = min(slice_, deadline - now)
-            seq = self.prepare_sleep(doorbell=False)
+            seq = self.prepare_sleep(doorbell=False, want=want)
             if seq is None:
                 return
             self._sleeps += 1
@@ -352,19 +355,25 @@ class Channel:
                 return
             self.check_peer()
 
-    def prepare_sleep(self, *, doorbell: bool) -> int | None:
+    def prepare_sleep(
+        self, *, doorbell: bool, want: int = _WANT_DATA | _WANT_SPACE
+    ) -> int | None:
         """Announce that this side is about to sleep; None if it must not (news arrived).
 
         Returns the wake sequence to sleep on.  The caller sleeps (FUTEX_WAIT on the wake
         word, or on the doorbell eventfd if ``doorbell``) only if this returns an int, and
-        calls ``finish_sleep()`` when it wakes.  Store, full fence, re-check: a peer that
-        publishes after the re-check sees the announcement and wakes us.
+        calls ``finish_sleep()`` when it wakes.  ``want`` says which publications should wake
+        it (messages, space, or both).  Store, full fence, re-check: a peer that publishes
+        after the re-check sees the announcement and wakes us.
         """
         m = self._m
-        head, tail, freed = self._ep.refresh()  # news from before here is already taken
+        head, tail, freed, changed = self._ep.refresh()
+        if changed or m.load_u32(self._peer_state) == State.CLOSED:
+            return None  # the caller's view is stale: let it look again first
         seq = m.load_u32(self._wake_word)
-        self._epoch = (self._epoch + _EPOCH) & 0xFFFFFFFC
-        m.store_u32(self._sleep_word, self._epoch | _ASLEEP | (_DOORBELL if doorbell else 0))
+        self._epoch = (self._epoch + _EPOCH) & 0xFFFFFFF0
+        word = self._epoch | _ASLEEP | want | (_DOORBELL if doorbell else 0)
+        m.store_u32(self._sleep_word, word)
         _native.fence()
         if (
             m.load_u64(self._peer_head) != head

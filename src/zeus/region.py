@@ -6,9 +6,10 @@ never truncate it under the front (which would turn the front's next access into
 Nothing is ever created under /dev/shm: the memory goes away when the last descriptor and
 mapping do, whoever dies first.
 
-With the region comes an eventfd, the front's *doorbell*: an asyncio loop cannot sleep in
-FUTEX_WAIT, so a front that waits in its event loop asks the worker to write this eventfd
-instead (see PROTOCOL.md, "Waking").
+With the region come two eventfds, the *doorbells* of the front and of the worker: an asyncio
+loop cannot sleep in FUTEX_WAIT, so a side that waits in an event loop asks its peer to write
+its doorbell instead (see PROTOCOL.md, "Waking").  The front always waits that way; a worker
+does when it runs an asyncio application (ASGI).
 
 A worker receives both descriptors by inheritance (``pass_fds``) and their numbers in its
 environment (``child_env()``), and attaches with ``Region.attach()`` or
@@ -38,7 +39,8 @@ from zeus.core.layout import (
 from zeus.errors import ClosedResourceError, RegionMismatchError
 
 ENV_REGION_FD: Final = "ZEUS_CHANNEL_FD"
-ENV_DOORBELL_FD: Final = "ZEUS_DOORBELL_FD"
+ENV_DOORBELL_FD: Final = "ZEUS_DOORBELL_FD"  # the front's doorbell (the worker rings it)
+ENV_WORKER_DOORBELL_FD: Final = "ZEUS_WORKER_DOORBELL_FD"  # the worker's own doorbell
 
 _REQUIRED_SEALS: Final = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
@@ -46,16 +48,26 @@ _REQUIRED_SEALS: Final = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_
 class Region:
     """One mapped channel region, seen from ``side``."""
 
-    __slots__ = ("_closed", "doorbell_fd", "fd", "geometry", "memory", "mm", "side", "view")
+    __slots__ = (
+        "_closed", "doorbell_fd", "fd", "geometry", "memory", "mm", "side", "view",
+        "worker_doorbell_fd",
+    )
 
     def __init__(
-        self, fd: int, mm: mmap.mmap, geometry: Geometry, side: Side, doorbell_fd: int | None
+        self,
+        fd: int,
+        mm: mmap.mmap,
+        geometry: Geometry,
+        side: Side,
+        doorbell_fd: int | None,
+        worker_doorbell_fd: int | None = None,
     ) -> None:
         self.fd = fd
         self.mm = mm
         self.geometry = geometry
         self.side = side
         self.doorbell_fd = doorbell_fd
+        self.worker_doorbell_fd = worker_doorbell_fd
         self.view = memoryview(mm)
         self.memory = _native.Mapping(self.view)
         self._closed = False
@@ -67,25 +79,27 @@ class Region:
         """Create, size, seal and map a new region, and its doorbell, as the front."""
         geometry = Geometry.compute(size, slots)
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        doorbell = -1
+        bells: list[int] = []
         try:
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _REQUIRED_SEALS)
-            doorbell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            for _ in range(2):
+                bells.append(os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
-            os.close(fd)
-            if doorbell >= 0:
-                os.close(doorbell)
+            for d in (fd, *bells):
+                os.close(d)
             raise
         mm[:HEADER_SIZE] = geometry.encode()
-        region = cls(fd, mm, geometry, Side.FRONT, doorbell)
+        region = cls(fd, mm, geometry, Side.FRONT, bells[0], bells[1])
         region.memory.store_u32(FRONT_PID, os.getpid())
         region.memory.store_u32(Word.FRONT_STATE, State.OPEN)
         return region
 
     @classmethod
-    def attach(cls, fd: int, doorbell_fd: int | None = None) -> Region:
+    def attach(
+        cls, fd: int, doorbell_fd: int | None = None, worker_doorbell_fd: int | None = None
+    ) -> Region:
         """Map an inherited region as the worker, after checking its seals and header.
 
         The region stays owned by the caller's descriptor ``fd``: ``close()`` closes it.
@@ -101,13 +115,21 @@ class Region:
             )
         if size < HEADER_SIZE:
             raise RegionMismatchError(f"region of {size} bytes is too small to be a channel")
+        # Inherited descriptors stop here: the worker's own children must not get them.
+        os.set_inheritable(fd, False)
+        for bell in (doorbell_fd, worker_doorbell_fd):
+            if bell is not None:
+                try:
+                    os.set_inheritable(bell, False)
+                except OSError as exc:
+                    raise RegionMismatchError(f"doorbell descriptor {bell}: {exc}") from None
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         try:
             geometry = Geometry.decode(mm[:HEADER_SIZE], size)
         except BaseException:
             mm.close()
             raise
-        return cls(fd, mm, geometry, Side.WORKER, doorbell_fd)
+        return cls(fd, mm, geometry, Side.WORKER, doorbell_fd, worker_doorbell_fd)
 
     @classmethod
     def from_environment(cls, environ: MappingABC[str, str] | None = None) -> Region:
@@ -118,27 +140,42 @@ class Region:
             raise RegionMismatchError(
                 f"{ENV_REGION_FD} is not set: this process was not started by a Zeus runner"
             )
-        try:
-            fd = int(raw)
-            bell = env.get(ENV_DOORBELL_FD)
-            doorbell = int(bell) if bell else None
-        except ValueError:
-            raise RegionMismatchError(f"{ENV_REGION_FD}={raw!r} is not a descriptor") from None
-        return cls.attach(fd, doorbell)
+        fds: list[int | None] = []
+        for name in (ENV_REGION_FD, ENV_DOORBELL_FD, ENV_WORKER_DOORBELL_FD):
+            value = env.get(name)
+            try:
+                fds.append(int(value) if value else None)
+            except ValueError:
+                raise RegionMismatchError(f"{name}={value!r} is not a descriptor") from None
+        fd, bell, worker_bell = fds
+        assert fd is not None
+        return cls.attach(fd, bell, worker_bell)
 
     def child_env(self) -> dict[str, str]:
         """Environment entries that tell a child which inherited descriptors to attach."""
         env = {ENV_REGION_FD: str(self.fd)}
         if self.doorbell_fd is not None:
             env[ENV_DOORBELL_FD] = str(self.doorbell_fd)
+        if self.worker_doorbell_fd is not None:
+            env[ENV_WORKER_DOORBELL_FD] = str(self.worker_doorbell_fd)
         return env
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
         """Descriptors a child must inherit (for ``subprocess.Popen(pass_fds=...)``)."""
-        if self.doorbell_fd is None:
-            return (self.fd,)
-        return (self.fd, self.doorbell_fd)
+        return tuple(
+            d for d in (self.fd, self.doorbell_fd, self.worker_doorbell_fd) if d is not None
+        )
+
+    @property
+    def own_bell(self) -> int | None:
+        """The doorbell this side waits on in an event loop."""
+        return self.doorbell_fd if self.side is Side.FRONT else self.worker_doorbell_fd
+
+    @property
+    def peer_bell(self) -> int | None:
+        """The doorbell this side rings when its peer waits in an event loop."""
+        return self.worker_doorbell_fd if self.side is Side.FRONT else self.doorbell_fd
 
     @property
     def closed(self) -> bool:
@@ -164,9 +201,9 @@ class Region:
         # With views still exported, the mapping is freed with the last of them.
         with contextlib.suppress(BufferError):
             self.mm.close()
-        os.close(self.fd)
-        if self.doorbell_fd is not None:
-            os.close(self.doorbell_fd)
+        for d in (self.fd, self.doorbell_fd, self.worker_doorbell_fd):
+            if d is not None:
+                os.close(d)
 
     def __enter__(self) -> Region:
         return self

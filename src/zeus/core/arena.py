@@ -68,16 +68,21 @@ class ArenaWriter:
 
     @property
     def max_allocation(self) -> int:
-        """The largest single allocation this part can ever satisfy."""
-        return self.size
+        """The largest single allocation: half the part.
+
+        Half guarantees progress: once everything before it is released, an allocation fits
+        either before the end of the part or after the wrap, wherever the head is.  (A larger
+        one could wait forever behind the padding a wrap leaves.)
+        """
+        return self.size // 2
 
     def allocate(self, n: int) -> int | None:
         """Reserve ``n`` bytes; return their offset in the part, or None if not free yet."""
         if n == 0:
             self._prev = self._last = self._head
             return 0
-        if n < 0 or n > self.size:
-            raise ValueError(f"allocation of {n} bytes in an arena of {self.size}")
+        if n < 0 or n > self.size // 2:
+            raise ValueError(f"allocation of {n} bytes; at most half the arena ({self.size // 2})")
         start = placement(self._head, n, self.size)
         end = start + align(n)
         if end - self._freed > self.size:

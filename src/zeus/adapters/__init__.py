@@ -1,0 +1,1 @@
+"""Adapters that run WSGI and ASGI applications inside a Zeus worker."""

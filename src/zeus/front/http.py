@@ -1,0 +1,546 @@
+"""The HTTP/1.1 front: one asyncio protocol per client connection, parsing with httptools.
+
+Theory of operation
+-------------------
+``HttpProtocol`` parses with llhttp (httptools) and keeps a FIFO of requests per connection:
+the first is being answered, the ones behind it (pipelining) wait with their bodies buffered up
+to a bound; responses leave in request order.  The request being answered is handed to the
+worker pool as soon as its head is complete, and its body streams to the worker's arena as it
+arrives (the front never holds a whole body); a body that arrived complete with its head goes
+in the same hand-off, which lets the pool retry it on another worker if the first dies before
+taking it.
+
+The response comes back as arena messages; each is written to the socket straight from shared
+memory and released once written.  When the client reads slowly the transport pauses us
+(``pause_writing``), we stop taking chunks from the arena, the worker's arena part fills up and
+the worker waits: back-pressure from the client socket to the application, with at most
+``write_high_water`` bytes buffered in the front per connection.
+
+What the front answers itself, without a worker: malformed requests (400), oversized request
+lines, headers and bodies (414, 431, 413), smuggling attempts (400: Content-Length with
+Transfer-Encoding, conflicting lengths), clients too slow to send their head or body (408),
+no worker available in time (503), a worker lost mid-request (502), a request timeout (504).
+A client that disconnects cancels its request in the worker.  No traceback ever reaches a
+client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from zeus.core.codec import RequestHead
+from zeus.errors import ZeusError
+from zeus.front.limits import HttpLimits
+from zeus.pool import Overloaded, RequestTimeout, WorkerLost
+
+if TYPE_CHECKING:
+    from zeus.front.server import FrontServer
+
+log = logging.getLogger("zeus.front")
+access_log = logging.getLogger("zeus.access")
+
+_HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"upgrade", b"te",
+     b"trailer"}
+)
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+_WRITE_PIECE: Final = 256 * 1024
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class _Reject(Exception):
+    """A request the front refuses itself, with the status to answer."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _Request:
+    """One parsed (or being parsed) request and its buffered body."""
+
+    __slots__ = (
+        "body", "body_bytes", "complete", "content_length", "expect_continue", "has_te",
+        "header_bytes", "headers", "keep_alive", "method", "started", "url", "version",
+        "waiter",
+    )
+
+    def __init__(self) -> None:
+        self.url = bytearray()
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.content_length: int | None = None
+        self.has_te = False
+        self.expect_continue = False
+        self.body: deque[bytes] = deque()
+        self.body_bytes = 0
+        self.complete = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.started = time.monotonic()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: FrontServer) -> None:
+        self.server = server
+        self.pool = server.pool
+        self.limits: HttpLimits = server.limits
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: _Request | None = None
+        self.queue: deque[_Request] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.exchange_cancel: Callable[[], None] | None = None
+        self.requests = 0
+
+    # ------------------------------------------------------------- transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.limits.write_high_water)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.local = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
+        self.server.connections.add(self)
+        self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        self._disarm()
+        if self.exchange_cancel is not None:
+            self.exchange_cancel()
+            self.exchange_cancel = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        for req in self.queue:
+            req.wake()
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        # Half-close: answer what was asked, then close.
+        if not self.queue and self.parsing is None:
+            self._close()
+        return True
+
+    # --------------------------------------------------------------- parsing
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except _Reject as rej:
+            self._reject(rej.status, rej.detail)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._reject(400, _parser_detail(exc))
+        if self.parsing is not None and self.parsing.body_bytes > self.limits.read_high_water:
+            self._pause_reading()
+
+    def on_message_begin(self) -> None:
+        req = _Request()
+        self.parsing = req
+        if not self.queue:
+            self._arm(self.limits.header_timeout, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.url += url
+        if len(req.url) > self.limits.max_request_line:
+            raise _Reject(414, f"request target over {self.limits.max_request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        lim = self.limits
+        size = len(name) + len(value)
+        req.header_bytes += size
+        if len(req.headers) >= lim.max_headers:
+            raise _Reject(431, f"more than {lim.max_headers} header fields")
+        if size > lim.max_header_size or req.header_bytes > lim.max_headers_total:
+            raise _Reject(431, "header fields too large")
+        lname = name.lower()
+        if lname == b"content-length":
+            try:
+                n = int(value)
+            except ValueError:
+                raise _Reject(400, "invalid Content-Length") from None
+            if n < 0 or not value.strip().isdigit():
+                raise _Reject(400, "invalid Content-Length")
+            if req.content_length is not None and req.content_length != n:
+                raise _Reject(400, "conflicting Content-Length headers")
+            req.content_length = n
+        elif lname == b"transfer-encoding":
+            req.has_te = True
+        elif lname == b"expect" and value.lower() == b"100-continue":
+            req.expect_continue = True
+        req.headers.append((lname, value))
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        if req.has_te and req.content_length is not None:
+            raise _Reject(400, "Content-Length with Transfer-Encoding")
+        lim = self.limits
+        if lim.max_body and req.content_length is not None and req.content_length > lim.max_body:
+            raise _Reject(413, f"body over {lim.max_body} bytes")
+        parser = self.parser
+        req.method = parser.get_method()
+        req.version = parser.get_http_version()
+        req.keep_alive = bool(parser.should_keep_alive())
+        if req.version not in ("1.1", "1.0"):
+            raise _Reject(505 if req.version.startswith(("2", "3")) else 400, "bad HTTP version")
+        self.queue.append(req)
+        if len(self.queue) == 1:
+            self._disarm()
+            self._start_next()
+        elif len(self.queue) > lim.max_pipeline:
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.body.append(body)
+        req.body_bytes += len(body)
+        lim = self.limits
+        if lim.max_body and req.body_bytes > lim.max_body:
+            raise _Reject(413, f"body over {lim.max_body} bytes")
+        if self.queue and req is self.queue[0]:
+            self._arm(lim.body_timeout, self._body_timeout)
+        req.wake()
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.complete = True
+        self.parsing = None
+        if self.queue and req is self.queue[0]:
+            self._disarm()
+        req.wake()
+
+    # ------------------------------------------------------------- serving
+
+    def _start_next(self) -> None:
+        if self.closing or not self.queue:
+            return
+        self.task = self.loop.create_task(self._serve(self.queue[0]))
+
+    async def _serve(self, req: _Request) -> None:
+        keep = False
+        try:
+            keep = await self._answer(req)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("internal error answering %s", req.method.decode("latin-1"))
+            self._write_error(500, close=True)
+            keep = False
+        finally:
+            self.exchange_cancel = None
+        if self.closing:
+            return
+        self.requests += 1
+        if self.queue and self.queue[0] is req:
+            self.queue.popleft()
+        if not keep or not req.complete or self.server.draining:
+            self._close()
+            return
+        self._resume_reading()
+        if self.queue:
+            self._start_next()
+        elif self.parsing is not None:
+            self._arm(self.limits.header_timeout, self._header_timeout)
+        else:
+            self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+
+    async def _answer(self, req: _Request) -> bool:
+        """Answer one request; return whether the connection may carry another."""
+        head = RequestHead(
+            method=req.method,
+            target=bytes(req.url),
+            headers=req.headers,
+            http_version=req.version.encode(),
+            scheme="http",
+            client=self.client,
+            server=self.local,
+        )
+        expects_body = req.has_te or bool(req.content_length)
+        started = time.monotonic()
+        forward: asyncio.Task[None] | None = None
+        try:
+            if not expects_body or (req.complete and req.body_bytes <= 1 << 20):
+                body = b"".join(req.body) if req.body else b""
+                req.body.clear()
+                ex = await self.pool.submit(head, body)
+            else:
+                ex = await self.pool.submit(head, streaming=True)
+                if req.expect_continue and not req.body_bytes and self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                forward = self.loop.create_task(self._forward_body(req, ex.send_body))
+            self.exchange_cancel = ex.cancel
+            resp = await ex.response()
+        except Overloaded as exc:
+            self._write_error(503, str(exc), close=False)
+            return self._finish_unread(req, forward)
+        except RequestTimeout:
+            self._write_error(504, "the application did not answer in time", close=False)
+            return self._finish_unread(req, forward)
+        except (WorkerLost, ZeusError) as exc:
+            log.warning("502 for %s %s: %s", req.method.decode("latin-1"),
+                        bytes(req.url[:200]).decode("latin-1"), exc)
+            self._write_error(502, "the worker handling this request was lost", close=False)
+            return self._finish_unread(req, forward)
+        keep = req.keep_alive and not self.server.draining
+        status = resp.status
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        length: int | None = None
+        has_server = False
+        for name, value in resp.headers:
+            if name in _HOP_BY_HOP:
+                if name == b"connection" and b"close" in value.lower():
+                    keep = False
+                continue
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+                    continue
+            elif name == b"server":
+                has_server = True
+            out.append(name + b": " + value + b"\r\n")
+        no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
+        chunked = False
+        if not no_body and length is None:
+            if req.version == "1.1":
+                chunked = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                keep = False
+        if not has_server:
+            out.append(b"server: zeus\r\n")
+        out.append(self.server.date_header)
+        out.append(b"connection: keep-alive\r\n\r\n" if keep else b"connection: close\r\n\r\n")
+        transport = self.transport
+        assert transport is not None
+        transport.writelines(out)
+        sent = 0
+        try:
+            while True:
+                chunk = await ex.next_chunk()
+                if chunk is None:
+                    break
+                try:
+                    data = chunk.data
+                    n = data.nbytes
+                    if no_body:
+                        continue
+                    if length is not None and sent + n > length:
+                        keep = False  # the application sent more than it announced
+                        data = data[: length - sent]
+                        n = data.nbytes
+                    if chunked:
+                        transport.write(b"%x\r\n" % n)
+                    await self._write(data)
+                    if chunked:
+                        transport.write(b"\r\n")
+                    sent += n
+                finally:
+                    chunk.release()
+        except (WorkerLost, ZeusError) as exc:
+            log.warning("response to %s %s cut short: %s", req.method.decode("latin-1"),
+                        bytes(req.url[:200]).decode("latin-1"), exc)
+            self._abort()
+            return False
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        elif length is not None and sent < length and not no_body:
+            keep = False  # announced more than it sent: the client would wait forever
+            self._abort()
+        if forward is not None and not forward.done():
+            forward.cancel()
+            keep = False
+        self._access(req, status, sent, started)
+        return keep
+
+    async def _write(self, data: memoryview) -> None:
+        """Write arena bytes to the socket in pieces, waiting while the client is slow."""
+        transport = self.transport
+        assert transport is not None
+        n = data.nbytes
+        pos = 0
+        while pos < n:
+            if self.closing:
+                raise asyncio.CancelledError
+            transport.write(data[pos : pos + _WRITE_PIECE])
+            pos += _WRITE_PIECE
+            if self.write_paused:
+                self.drain_waiter = self.loop.create_future()
+                await self.drain_waiter
+                self.drain_waiter = None
+
+    async def _forward_body(
+        self, req: _Request, send: Callable[..., object]
+    ) -> None:
+        """Stream the request body to the worker as it arrives from the client."""
+        while True:
+            while req.body:
+                piece = req.body.popleft()
+                req.body_bytes -= len(piece)
+                last = req.complete and not req.body
+                await send(piece, end=last)  # type: ignore[misc]
+                if last:
+                    return
+                self._resume_reading()
+            if req.complete:
+                await send(b"", end=True)  # type: ignore[misc]
+                return
+            if self.closing:
+                return
+            req.waiter = self.loop.create_future()
+            try:
+                await req.waiter
+            finally:
+                req.waiter = None
+
+    def _finish_unread(self, req: _Request, forward: asyncio.Task[None] | None) -> bool:
+        if forward is not None:
+            forward.cancel()
+        return req.complete and not self.closing
+
+    # ------------------------------------------------------------- helpers
+
+    def _access(self, req: _Request, status: int, sent: int, started: float) -> None:
+        if self.server.access_log:
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d %d %.1fms',
+                self.client[0] if self.client else "-",
+                req.method.decode("latin-1"),
+                bytes(req.url).decode("latin-1"),
+                req.version,
+                status,
+                sent,
+                (time.monotonic() - started) * 1000,
+            )
+
+    def _write_error(self, status: int, detail: str = "", *, close: bool = True) -> None:
+        if self.transport is None or self.closing:
+            return
+        self.transport.write(self.server.error_response(status, detail, close=close))
+
+    def _reject(self, status: int, detail: str) -> None:
+        """Answer a request the front refuses (if nothing is being answered) and close."""
+        if self.closing:
+            return
+        if self.task is None or self.task.done():
+            self._write_error(status, detail, close=True)
+            self._close()
+        else:
+            # A response is in progress: finish it, then close instead of reading on.
+            self.queue.clear()
+            self.parsing = None
+            self._pause_reading()
+            if self.task is not None:
+                self.task.add_done_callback(lambda _: self._close())
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self._disarm()
+            self.transport.close()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.closing = True
+            self._disarm()
+            self.transport.abort()
+
+    def close_if_idle(self) -> bool:
+        """Close now if no request is in progress (graceful shutdown); True if closed."""
+        if not self.queue and self.parsing is None:
+            self._close()
+            return True
+        return False
+
+    # -------------------------------------------------------------- timers
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        if delay > 0:
+            self.timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if not self.queue and self.parsing is None:
+            self._close()
+
+    def _header_timeout(self) -> None:
+        self.timer = None
+        if self.queue:
+            return
+        self._write_error(408, "request head not received in time")
+        self._close()
+
+    def _body_timeout(self) -> None:
+        self.timer = None
+        self._write_error(408, "request body not received in time")
+        self._abort()
+
+
+def _parser_detail(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 120 else text[:120]

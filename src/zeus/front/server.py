@@ -1,0 +1,229 @@
+"""The front process: bind, start the pool, serve HTTP, and act on signals.
+
+Signal handlers only record (``loop.add_signal_handler`` runs them from the loop, not inside
+the interrupted code); the main coroutine acts on them in order:
+
+* TERM: graceful drain -- stop accepting, close idle keep-alive connections, let requests in
+  flight finish within ``graceful_timeout``, stop the workers, exit 0.
+* INT: quick -- stop accepting, stop workers at once, exit 0.
+* HUP: zero-downtime rolling reload of the workers (new code is imported by new processes).
+* TTIN / TTOU: one worker more / less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from zeus.exitcodes import ServerExit
+from zeus.front.http import HttpProtocol
+from zeus.front.limits import HttpLimits, error_response
+from zeus.pool import BootFailure, Pool, PoolConfig
+
+log = logging.getLogger("zeus.front")
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    """What ``zeus serve`` / ``zeus run`` were asked to do."""
+
+    pool: PoolConfig
+    binds: list[str] = field(default_factory=lambda: ["127.0.0.1:8000"])
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    access_log: bool = False
+    backlog: int = 2048
+    reuse_port: bool = False
+
+
+def parse_bind(spec: str) -> tuple[str, object]:
+    """Parse ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH`` or ``fd://N``."""
+    if spec.startswith("unix:"):
+        return "unix", spec[5:]
+    if spec.startswith("fd://"):
+        return "fd", int(spec[5:])
+    host, sep, port = spec.rpartition(":")
+    if not sep:
+        host, port = spec, "8000"
+    host = host.strip("[]") or "0.0.0.0"
+    return "tcp", (host, int(port))
+
+
+def bind_socket(spec: str, *, backlog: int, reuse_port: bool) -> socket.socket:
+    """Create and listen on the socket ``spec`` names."""
+    kind, where = parse_bind(spec)
+    if kind == "fd":
+        assert isinstance(where, int)
+        sock = socket.socket(fileno=where)
+        sock.setblocking(False)
+        return sock
+    if kind == "unix":
+        assert isinstance(where, str)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(where).st_mode):
+                os.unlink(where)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(where)
+    else:
+        assert isinstance(where, tuple)
+        host, port = where
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def describe(sock: socket.socket) -> str:
+    """``http://host:port`` or ``unix:path`` for the log."""
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        host = f"[{name[0]}]" if ":" in name[0] else name[0]
+        return f"http://{host}:{name[1]}"
+    return f"unix:{name}"
+
+
+class FrontServer:
+    """The HTTP side of a running Zeus: the pool, the listeners, the connections."""
+
+    def __init__(self, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config: Final = config
+        self.loop = loop
+        self.limits = config.limits
+        self.access_log = config.access_log
+        self.pool = Pool(config.pool)
+        self.connections: set[HttpProtocol] = set()
+        self.servers: list[asyncio.Server] = []
+        self.draining = False
+        self.date_header = b""
+        self._date_timer: asyncio.TimerHandle | None = None
+        self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._update_date()
+
+    def _update_date(self) -> None:
+        now = time.time()
+        self.date_header = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        self._date_timer = self.loop.call_later(1.0 - now % 1.0, self._update_date)
+
+    def error_response(self, status: int, detail: str, *, close: bool) -> bytes:
+        """An error response with the current Date header."""
+        raw = error_response(status, detail, close=close)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return head + b"\r\n" + self.date_header + b"\r\n" + body
+
+    async def serve(self, sockets: list[socket.socket]) -> int:
+        """Run until a signal says stop; return the exit status."""
+        try:
+            await self.pool.start()
+        except BootFailure as exc:
+            log.critical("%s", exc)
+            return ServerExit.BOOT_FAILURE
+        for sock in sockets:
+            server = await self.loop.create_server(
+                lambda: HttpProtocol(self), sock=sock, backlog=self.config.backlog
+            )
+            self.servers.append(server)
+            log.info("listening on %s", describe(sock))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
+                    signal.SIGTTOU):
+            self.loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        halted: asyncio.Future[Any] = self.pool.halted
+        try:
+            while True:
+                getter: asyncio.Future[Any] = asyncio.ensure_future(self._signals.get())
+                done, _ = await asyncio.wait(
+                    {getter, halted}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if halted in done:
+                    getter.cancel()
+                    log.critical("%s", halted.result())
+                    await self.shutdown(graceful=False)
+                    return ServerExit.BOOT_FAILURE
+                sig = getter.result()
+                if sig == signal.SIGTERM:
+                    log.info("SIGTERM: draining")
+                    await self.shutdown(graceful=True)
+                    return ServerExit.OK
+                if sig == signal.SIGINT:
+                    log.info("SIGINT: stopping")
+                    await self.shutdown(graceful=False)
+                    return ServerExit.OK
+                if sig == signal.SIGHUP:
+                    log.info("SIGHUP: rolling reload of the workers")
+                    self.pool.reload()
+                elif sig == signal.SIGTTIN:
+                    self.pool.scale(+1)
+                    log.info("SIGTTIN: %d workers", len(self.pool.workers))
+                elif sig == signal.SIGTTOU:
+                    self.pool.scale(-1)
+                    log.info("SIGTTOU: scaling down")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
+                        signal.SIGTTOU):
+                self.loop.remove_signal_handler(sig)
+            if self._date_timer is not None:
+                self._date_timer.cancel()
+
+    async def shutdown(self, *, graceful: bool) -> None:
+        """Stop accepting; drain (graceful) or drop connections; stop the pool."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        timeout = self.config.pool.graceful_timeout
+        deadline = time.monotonic() + timeout
+        if graceful:
+            while time.monotonic() < deadline:
+                busy = [c for c in list(self.connections) if not c.close_if_idle()]
+                if not busy:
+                    break
+                await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn._abort()
+        await self.pool.stop(graceful=graceful, timeout=max(0.0, deadline - time.monotonic()))
+
+
+def run(config: ServeConfig) -> int:
+    """Bind, serve until told to stop, and return the process exit status."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop]
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop_factory = asyncio.new_event_loop
+    sockets: list[socket.socket] = []
+    try:
+        for spec in config.binds:
+            sockets.append(
+                bind_socket(spec, backlog=config.backlog, reuse_port=config.reuse_port)
+            )
+    except (OSError, ValueError) as exc:
+        log.critical("cannot bind: %s", exc)
+        for s in sockets:
+            s.close()
+        return ServerExit.USAGE
+    loop = loop_factory()
+    asyncio.set_event_loop(loop)
+    try:
+        server = FrontServer(config, loop)
+        return loop.run_until_complete(server.serve(sockets))
+    finally:
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

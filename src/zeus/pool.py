@@ -1,0 +1,878 @@
+"""A pool of worker processes fed through shared memory: the supervisor, on asyncio.
+
+Theory of operation
+-------------------
+The pool keeps ``workers`` processes alive, each with its own region, channel and pump
+(``zeus.aiochannel``).  ``submit`` hands a request to a worker chosen by the balancer among the
+workers that are ready, not retiring, and below their capacity (``concurrency`` requests in
+flight; 1 for a plain worker, like gunicorn's sync workers).  When none can take it, the request
+waits in a bounded FIFO queue for at most ``queue_timeout`` seconds, then fails with Overloaded.
+
+Every request gets a 64-bit ID never reused in the life of the pool; a worker's message for an
+ID that is not in flight on that worker is either a late answer to a request the pool gave up on
+(dropped) or a protocol violation (the worker is killed and replaced).
+
+Failure handling, by cause:
+
+* The worker process exits (pidfd readable, noticed at once): its requests in flight fail with
+  WorkerLost -- except those it never took from its ring, which go to another worker when their
+  body can be replayed.  The slot is refilled after the restart policy's back-off; a worker that
+  cannot even boot halts the pool (BootFailure).
+* A request runs past ``timeout``: it fails with RequestTimeout, the worker gets SIGTERM, then
+  SIGKILL after ``kill_grace`` seconds, and is replaced at once.
+* Recycling (max requests with jitter, max lifetime, max RSS) and rolling reload start the
+  replacement first; the old worker keeps serving until the replacement is ready, then takes
+  no new requests, finishes those it has, and is stopped.  No capacity dip, no failed request.
+
+The pool knows processes and request IDs, never HTTP: the front maps these errors to 502, 504
+and 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from zeus.aiochannel import ChannelPump
+from zeus.channel import Channel, Message
+from zeus.core.codec import RequestHead, ResponseHead, decode_response_head, encode_request_head
+from zeus.core.layout import DEFAULT_REGION_SIZE, DEFAULT_SLOTS, Flag, Kind, State, Word
+from zeus.core.spin import SpinPolicy
+from zeus.errors import PeerBrokenError, PeerLostError, ZeusError
+from zeus.exitcodes import WorkerExit
+from zeus.region import Region
+from zeus.supervisor.balancer import Balance, Balancer
+from zeus.supervisor.limits import CgroupMemory, Limits
+from zeus.supervisor.policy import ExitCause, RecyclePolicy, RestartPolicy
+from zeus.supervisor.process import WorkerProcess, describe_exit
+
+log = logging.getLogger("zeus.pool")
+
+MAX_HEAD = 1 << 20  # a response head larger than this is a broken worker
+
+
+class WorkerLost(ZeusError):
+    """The worker handling a request died or broke; carries its pid and exit status."""
+
+    def __init__(self, message: str, pid: int, status: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.status = status
+
+
+class RequestTimeout(ZeusError):
+    """The request ran past its timeout; its worker is being replaced."""
+
+
+class Overloaded(ZeusError):
+    """No worker could take the request within the queue timeout (or the queue is full)."""
+
+
+class BootFailure(ZeusError):
+    """The application cannot boot: workers die before they ever become ready."""
+
+
+class ResponseAborted(ZeusError):
+    """The worker abandoned a response after starting it (the application failed midway)."""
+
+
+@dataclass(slots=True)
+class PoolConfig:
+    """Everything the pool needs to know; the CLI and the config file fill it."""
+
+    argv: list[str]
+    workers: int = 2
+    balance: Balance = Balance.ROUND_ROBIN
+    concurrency: int = 1
+    timeout: float = 30.0  # per request; 0 disables
+    kill_grace: float = 5.0  # TERM -> KILL for a timed-out worker
+    graceful_timeout: float = 30.0
+    queue_size: int = 1024
+    queue_timeout: float = 30.0
+    boot_timeout: float = 60.0
+    heartbeat_timeout: float = 0.0  # a busy worker whose heartbeat stalls this long is hung
+    region_size: int = DEFAULT_REGION_SIZE
+    slots: int = DEFAULT_SLOTS
+    recycle: RecyclePolicy = field(default_factory=RecyclePolicy)
+    limits: Limits = field(default_factory=Limits)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    tick: float = 0.5  # how often recycling, heartbeats and boot deadlines are checked
+
+
+class WState(enum.Enum):
+    """Lifecycle of one worker."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"  # takes no new requests; stopped once idle
+    STOPPING = "stopping"  # signalled; waiting for it to exit
+    DEAD = "dead"
+
+
+_ids = itertools.count(1)
+
+
+class Exchange:
+    """One request handed to the pool; its response comes back through here."""
+
+    def __init__(self, pool: Pool, head: RequestHead, replay: bytes | None) -> None:
+        self.id: Final = next(_ids)
+        self._pool = pool
+        self.head = head
+        self.replay = replay  # the whole body when known up front (lets a retry happen)
+        self.worker: WorkerHandle | None = None
+        self.ring_seq = 0  # the worker's request-ring position just after our head was sent
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[ResponseHead] = loop.create_future()
+        self._head_buf = bytearray()
+        self._chunks: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.finished = False  # the worker sent the end of the response
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = time.monotonic()
+
+    async def response(self) -> ResponseHead:
+        """Wait for the response head."""
+        return await self._head
+
+    async def next_chunk(self) -> Message | None:
+        """The next body chunk (release it when written), or None at the end."""
+        while True:
+            if self._chunks:
+                return self._chunks.popleft()
+            if self._error is not None:
+                raise self._error
+            if self.finished:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def send_body(self, data: bytes | memoryview, *, end: bool = False) -> None:
+        """Stream a piece of the request body to the worker (waits on back-pressure)."""
+        w = self.worker
+        if w is None or self._error is not None:
+            raise self._error or ZeusError("request not dispatched")
+        try:
+            await w.pump.send(self.id, data, Kind.REQUEST_BODY, Flag.END if end else 0)
+        except (PeerLostError, PeerBrokenError) as exc:
+            raise self._error or w.lost_error() from exc
+
+    def cancel(self) -> None:
+        """The client is gone: tell the worker, drop whatever arrives later."""
+        if self.finished or self._error is not None:
+            self._discard()
+            return
+        self._pool._abandon(self, None)
+
+    # -- called by the pool ---------------------------------------------------
+
+    def _deliver(self, msg: Message) -> None:
+        self._chunks.append(msg)
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None and not self.finished:
+            self._error = exc
+            if not self._head.done():
+                self._head.set_exception(exc)
+                self._head.exception()  # retrieved: nobody may be waiting yet
+            self._discard()
+            self._wake()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _discard(self) -> None:
+        while self._chunks:
+            self._chunks.popleft().release()
+
+    def __repr__(self) -> str:
+        return f"<Exchange id={self.id} {self.head.method!r} {self.head.target[:40]!r}>"
+
+
+class WorkerHandle:
+    """The pool's record of one worker: process, region, channel, pump, requests."""
+
+    def __init__(self, pool: Pool, index: int, generation: int) -> None:
+        cfg = pool.config
+        self.index = index
+        self.generation = generation
+        self.region = Region.create(cfg.region_size, cfg.slots, name=f"zeus-worker-{index}")
+        try:
+            self.process = WorkerProcess(
+                cfg.argv, self.region, env=cfg.env, limits=cfg.limits, cgroup=pool._cgroup,
+                name=f"zeus-{pool.pid}-{index}-{generation}", cwd=cfg.cwd,
+            )
+        except BaseException:
+            self.region.close()
+            raise
+        self.pid = self.process.pid
+        # The front never spins: the loop has other work, and a 2-core host has no core to burn.
+        self.channel = Channel(self.region, peer_pid=self.pid, spin=SpinPolicy(max_ns=0))
+        self.pump = ChannelPump(
+            self.channel, lambda msg: pool._on_message(self, msg), lambda: pool._on_wake(self)
+        )
+        self.state = WState.STARTING
+        self.capacity = cfg.concurrency
+        self.in_flight: dict[int, Exchange] = {}
+        self.abandoned: set[int] = set()
+        self.requests = 0
+        self.request_limit = cfg.recycle.request_limit(pool._rng)
+        self.retire_reason: str | None = None
+        self.replacement: WorkerHandle | None = None
+        self.kill_cause: ExitCause | None = None
+        self.kill_timer: asyncio.TimerHandle | None = None
+        self.ready_at: float | None = None
+        self.heartbeat = (0, time.monotonic())
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the balancer may give this worker a new request."""
+        if self.state is not WState.READY:
+            return False
+        rep = self.replacement
+        return self.retire_reason is None or rep is None or rep.state is not WState.READY
+
+    @property
+    def in_flight_count(self) -> int:
+        """Requests in flight (the balancer's measure)."""
+        return len(self.in_flight)
+
+    def lost_error(self) -> WorkerLost:
+        """The error its requests get when it is gone."""
+        rc = self.process.returncode
+        status = describe_exit(rc) if rc is not None else "protocol violation"
+        return WorkerLost(f"worker {self.pid} lost ({status})", self.pid, status)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.index}.{self.generation} pid={self.pid} {self.state.value} "
+            f"in_flight={len(self.in_flight)} served={self.requests}>"
+        )
+
+
+class _BalancerView:
+    """Adapts a WorkerHandle to the balancer's Candidate protocol."""
+
+    __slots__ = ("w",)
+
+    def __init__(self, w: WorkerHandle) -> None:
+        self.w = w
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.w.in_flight)
+
+    @property
+    def capacity(self) -> int:
+        return self.w.capacity
+
+    @property
+    def accepting(self) -> bool:
+        return self.w.accepting
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatistics:
+    """One worker, for metrics."""
+
+    index: int
+    pid: int
+    state: str
+    in_flight: int
+    requests: int
+    rss: int | None
+    cpu_seconds: float | None
+    arena_in_use: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """The pool at one instant, for metrics and autoscaling."""
+
+    workers: tuple[WorkerStatistics, ...]
+    busy: int
+    idle: int
+    queued: int
+    in_flight: int
+    completed: int
+    restarts: dict[str, int]
+    queue_wait_total: float
+
+
+class Pool:
+    """Worker processes behind shared-memory channels; see the module docstring."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        if config.workers < 1:
+            raise ValueError("a pool needs at least one worker")
+        self.config: Final = config
+        self.pid = 0
+        self._workers: list[WorkerHandle] = []
+        self._balancer = Balancer(config.balance)
+        self._queue: deque[tuple[Exchange, asyncio.Future[WorkerHandle]]] = deque()
+        self._rng = random.Random()
+        self._target = config.workers
+        self._pending_spawns = 0
+        self._generation = 0
+        self._next_index = 0
+        self._running = False
+        self._stopping = False
+        self._halted: asyncio.Future[BaseException] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._cgroup: CgroupMemory | None = None
+        self._completed = 0
+        self._queue_wait = 0.0
+        self._restarts: dict[str, int] = {c.value: 0 for c in ExitCause}
+        self._ready_event: asyncio.Event | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, *, wait_ready: bool = True) -> None:
+        """Start the workers; with ``wait_ready``, return once one is ready.
+
+        Raises BootFailure if the application cannot boot.
+        """
+        self.pid = os.getpid()
+        loop = asyncio.get_running_loop()
+        self._halted = loop.create_future()
+        self._ready_event = asyncio.Event()
+        if self.config.limits.memory:
+            self._cgroup = CgroupMemory.discover()
+            if self._cgroup is None:
+                log.warning("no writable cgroup v2: memory limit falls back to RLIMIT_AS")
+        self._running = True
+        for _ in range(self._target):
+            self._spawn()
+        self._ticker = asyncio.create_task(self._tick(), name="zeus-pool-tick")
+        if wait_ready:
+            ready: asyncio.Future[Any] = asyncio.ensure_future(self._ready_event.wait())
+            halted: asyncio.Future[Any] = self._halted
+            done, _ = await asyncio.wait(
+                {ready, halted}, timeout=self.config.boot_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            ready.cancel()
+            if self._halted.done():
+                await self.stop(graceful=False)
+                raise self._halted.result()
+            if not done:
+                await self.stop(graceful=False)
+                raise BootFailure(f"no worker became ready in {self.config.boot_timeout:.0f}s")
+
+    @property
+    def halted(self) -> asyncio.Future[BaseException]:
+        """Resolves with BootFailure when the pool gives up (the server should exit)."""
+        assert self._halted is not None, "pool not started"
+        return self._halted
+
+    async def stop(self, *, graceful: bool = True, timeout: float | None = None) -> None:
+        """Stop: with ``graceful``, let requests in flight finish first (within ``timeout``)."""
+        if not self._running:
+            return
+        self._stopping = True
+        timeout = self.config.graceful_timeout if timeout is None else timeout
+        while self._queue:
+            _, fut = self._queue.popleft()
+            if not fut.done():
+                fut.set_exception(Overloaded("server is shutting down"))
+        deadline = time.monotonic() + timeout
+        if graceful:
+            await self._wait_until(lambda: not any(w.in_flight for w in self._workers), deadline)
+        for w in list(self._workers):
+            self._stop_worker(w, ExitCause.STOPPED, signal.SIGTERM if graceful else signal.SIGINT)
+        await self._wait_until(lambda: not self._workers, deadline if graceful else
+                               time.monotonic() + min(timeout, 5.0))
+        for w in list(self._workers):
+            w.process.send_signal(signal.SIGKILL)
+        await self._wait_until(lambda: not self._workers, time.monotonic() + 5.0)
+        for w in list(self._workers):  # unkillable (D state): reap what we can, free the rest
+            self._on_exit(w)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._running = False
+
+    async def _wait_until(self, predicate: Callable[[], bool], deadline: float) -> None:
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(0.02, left))
+
+    def reload(self) -> None:
+        """Rolling reload: start a new worker for each, retire each old one once it is up."""
+        self._generation += 1
+        for w in list(self._workers):
+            if w.state in (WState.STARTING, WState.READY) and w.retire_reason is None:
+                self._retire(w, "reload")
+
+    def scale(self, delta: int) -> None:
+        """Add (``delta > 0``) or remove workers; never below one."""
+        target = max(1, self._target + delta)
+        delta, self._target = target - self._target, target
+        if delta > 0:
+            self._reconcile()
+        for _ in range(-delta):
+            victims = [w for w in self._workers if w.state is WState.READY and not w.retire_reason]
+            if not victims:
+                break
+            victim = min(victims, key=lambda w: len(w.in_flight))
+            victim.retire_reason = "scale down"
+            self._drain(victim, ExitCause.STOPPED)
+
+    # ------------------------------------------------------------------ requests
+
+    async def submit(
+        self, head: RequestHead, body: bytes | None = b"", *, streaming: bool = False
+    ) -> Exchange:
+        """Hand a request to a worker; returns once its head (and ``body``) are sent.
+
+        With ``streaming``, the caller sends the body with ``Exchange.send_body``.
+        """
+        if self._stopping or not self._running:
+            raise Overloaded("server is shutting down")
+        ex = Exchange(self, head, None if streaming else (body or b""))
+        worker = self._pick()
+        if worker is None:
+            worker = await self._enqueue(ex)
+        else:
+            self._assign(ex, worker)
+        await self._send_request(ex, worker, streaming)
+        return ex
+
+    def _pick(self) -> WorkerHandle | None:
+        if self._queue:
+            return None  # keep FIFO order behind those already waiting
+        view = self._balancer.pick([_BalancerView(w) for w in self._workers])
+        return view.w if view is not None else None
+
+    async def _enqueue(self, ex: Exchange) -> WorkerHandle:
+        if len(self._queue) >= self.config.queue_size:
+            raise Overloaded(f"request queue full ({self.config.queue_size})")
+        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
+        entry = (ex, fut)
+        self._queue.append(entry)
+        start = time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.config.queue_timeout)
+        except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return fut.result()  # assigned at the last moment
+            with contextlib.suppress(ValueError):
+                self._queue.remove(entry)
+            raise Overloaded(
+                f"no worker available within {self.config.queue_timeout:.1f}s"
+            ) from None
+        finally:
+            self._queue_wait += time.monotonic() - start
+
+    def _dispatch_queue(self) -> None:
+        """Give queued requests to workers that have room, in FIFO order."""
+        queue = self._queue
+        while queue:
+            view = self._balancer.pick([_BalancerView(w) for w in self._workers])
+            if view is None:
+                return
+            ex, fut = queue.popleft()
+            if fut.done():
+                continue
+            self._assign(ex, view.w)
+            fut.set_result(view.w)
+
+    def _assign(self, ex: Exchange, w: WorkerHandle) -> None:
+        ex.worker = w
+        w.in_flight[ex.id] = ex
+        if self.config.timeout > 0:
+            ex.timer = asyncio.get_running_loop().call_later(
+                self.config.timeout, self._timed_out, ex
+            )
+
+    async def _send_request(self, ex: Exchange, w: WorkerHandle, streaming: bool) -> None:
+        head = encode_request_head(ex.head)
+        body = ex.replay
+        has_body = streaming or bool(body)
+        try:
+            await w.pump.send(ex.id, head, Kind.REQUEST_HEAD, 0 if has_body else Flag.END)
+            ex.ring_seq = w.pump.sent
+            if body:
+                await w.pump.send(ex.id, body, Kind.REQUEST_BODY, Flag.END)
+        except (PeerLostError, PeerBrokenError) as exc:
+            if ex._error is not None:
+                raise ex._error from exc
+            raise w.lost_error() from exc
+
+    def _timed_out(self, ex: Exchange) -> None:
+        ex.timer = None
+        w = ex.worker
+        if ex.finished or ex._error is not None or w is None:
+            return
+        log.warning(
+            "request %s %s timed out after %.1fs on worker %d; replacing it",
+            ex.head.method.decode("latin-1"), ex.head.target[:200].decode("latin-1"),
+            self.config.timeout, w.pid,
+        )
+        self._abandon(ex, RequestTimeout(f"request timed out after {self.config.timeout:.1f}s"))
+        self._stop_worker(w, ExitCause.TIMEOUT, signal.SIGTERM)
+
+    def _abandon(self, ex: Exchange, error: BaseException | None) -> None:
+        """Give up on ``ex`` (client gone or timeout): cancel it in the worker, free the slot."""
+        w = ex.worker
+        ex._fail(error or ZeusError("request cancelled"))
+        if w is not None and w.in_flight.pop(ex.id, None) is not None:
+            w.abandoned.add(ex.id)
+            w.pump.cancel(ex.id)
+            self._release(ex, w)
+
+    def _release(self, ex: Exchange, w: WorkerHandle) -> None:
+        """``ex`` no longer occupies ``w``: count it, recycle if due, feed the queue."""
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        w.requests += 1
+        self._completed += 1
+        if w.retire_reason is None:
+            reason = self.config.recycle.reason(w.requests, w.request_limit, 0.0, None)
+            if reason:
+                self._retire(w, reason)
+        if w.state is WState.DRAINING and not w.in_flight:
+            self._stop_worker(w, w.kill_cause or ExitCause.RECYCLE, signal.SIGTERM)
+        self._dispatch_queue()
+
+    # ------------------------------------------------------- messages from workers
+
+    def _on_message(self, w: WorkerHandle, msg: Message) -> None:
+        ex = w.in_flight.get(msg.id)
+        if ex is None:
+            if msg.id in w.abandoned:
+                if msg.end or msg.kind == Kind.CANCEL:
+                    w.abandoned.discard(msg.id)
+                msg.release()
+                return
+            msg.release()
+            self._broken(w, f"message for request {msg.id}, which it does not have")
+            return
+        kind = msg.kind
+        if kind == Kind.RESPONSE_HEAD:
+            if ex._head.done():
+                msg.release()
+                self._broken(w, f"second response head for request {msg.id}")
+                return
+            with msg:
+                if len(ex._head_buf) + msg.data.nbytes > MAX_HEAD:
+                    self._broken(w, "response head too large")
+                    return
+                if msg.more or ex._head_buf:
+                    ex._head_buf += msg.data
+                    if msg.more:
+                        return
+                    data: bytes | memoryview = bytes(ex._head_buf)
+                else:
+                    data = msg.data
+                try:
+                    head = decode_response_head(data)
+                except PeerBrokenError as exc:
+                    self._broken(w, str(exc))
+                    return
+            ex._head.set_result(head)
+            if msg.end:
+                self._complete(ex, w)
+        elif kind == Kind.RESPONSE_BODY:
+            if not ex._head.done():
+                msg.release()
+                self._broken(w, f"response body before head for request {msg.id}")
+                return
+            end = msg.end
+            if msg.data.nbytes:
+                ex._deliver(msg)
+            else:
+                msg.release()
+            if end:
+                self._complete(ex, w)
+        elif kind == Kind.CANCEL:
+            msg.release()
+            del w.in_flight[ex.id]
+            ex._fail(ResponseAborted(f"worker {w.pid} aborted the response"))
+            self._release(ex, w)
+        else:
+            msg.release()
+            self._broken(w, f"message kind {kind} from a worker")
+
+    def _complete(self, ex: Exchange, w: WorkerHandle) -> None:
+        del w.in_flight[ex.id]
+        ex._finish()
+        self._release(ex, w)
+
+    def _on_wake(self, w: WorkerHandle) -> None:
+        if w.state is WState.STARTING and w.region.memory.load_u32(Word.WORKER_STATE) == State.OPEN:
+            w.state = WState.READY
+            w.ready_at = time.monotonic()
+            self.config.restart.ready()
+            log.info("worker %d (pid %d) ready", w.index, w.pid)
+            assert self._ready_event is not None
+            self._ready_event.set()
+            for old in self._workers:
+                if old.replacement is w:
+                    self._drain(old, ExitCause.RECYCLE)
+            self._dispatch_queue()
+
+    def _broken(self, w: WorkerHandle, why: str) -> None:
+        log.error("worker %d (pid %d) broke the channel protocol: %s; killing it", w.index,
+                  w.pid, why)
+        w.pump.fail(PeerBrokenError(why))
+        for ex in list(w.in_flight.values()):
+            ex._fail(WorkerLost(f"worker {w.pid} broke the protocol", w.pid, why))
+        self._stop_worker(w, ExitCause.BROKEN, signal.SIGKILL)
+
+    # ------------------------------------------------------------- process events
+
+    def _spawn(self) -> WorkerHandle | None:
+        index = self._next_index
+        self._next_index += 1
+        try:
+            w = WorkerHandle(self, index, self._generation)
+        except OSError as exc:
+            log.error("cannot start worker: %s", exc)
+            self._halt(BootFailure(f"cannot start worker {self.config.argv[0]!r}: {exc}"))
+            return None
+        w.process.watch(asyncio.get_running_loop(), lambda: self._on_exit(w))
+        self._workers.append(w)
+        log.info("started worker %d (pid %d)", w.index, w.pid)
+        return w
+
+    def _retire(self, w: WorkerHandle, reason: str) -> None:
+        """Replace ``w``: start its replacement now, drain ``w`` once that one is ready."""
+        if w.retire_reason is not None:
+            return
+        w.retire_reason = reason
+        log.info("recycling worker %d (pid %d): %s", w.index, w.pid, reason)
+        if self._stopping:
+            return
+        w.replacement = self._spawn()
+        if w.replacement is None or w.state is WState.STARTING:
+            self._drain(w, ExitCause.RECYCLE)
+
+    def _drain(self, w: WorkerHandle, cause: ExitCause) -> None:
+        """Stop giving ``w`` requests; stop it once it has none in flight."""
+        if w.state in (WState.STOPPING, WState.DEAD):
+            return
+        w.state = WState.DRAINING
+        w.kill_cause = w.kill_cause or cause
+        if not w.in_flight:
+            self._stop_worker(w, cause, signal.SIGTERM)
+
+    def _stop_worker(self, w: WorkerHandle, cause: ExitCause, sig: int) -> None:
+        if w.state is WState.DEAD:
+            return
+        if w.kill_cause is None or cause in (ExitCause.TIMEOUT, ExitCause.BROKEN):
+            w.kill_cause = cause
+        w.state = WState.STOPPING
+        w.process.send_signal(sig)
+        if sig != signal.SIGKILL and w.kill_timer is None:
+            grace = self.config.kill_grace if cause is ExitCause.TIMEOUT else (
+                self.config.graceful_timeout
+            )
+            w.kill_timer = asyncio.get_running_loop().call_later(
+                grace, w.process.send_signal, signal.SIGKILL
+            )
+        self._reconcile()
+
+    def _on_exit(self, w: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        rc = w.process.reap(loop)
+        if rc is None and w.state is not WState.STOPPING:
+            return  # spurious readiness
+        if w.state is WState.DEAD:
+            return
+        was_ready = w.ready_at is not None
+        prior = w.state
+        w.state = WState.DEAD
+        if w.kill_timer is not None:
+            w.kill_timer.cancel()
+        cause, detail = self._classify(w, rc)
+        status = describe_exit(rc) if rc is not None else "not reaped"
+        level = logging.INFO if cause in (ExitCause.RECYCLE, ExitCause.STOPPED) else logging.ERROR
+        log.log(level, "worker %d (pid %d) exited: %s; cause: %s%s", w.index, w.pid, status,
+                cause.value, f" ({detail})" if detail else "")
+        if prior is not WState.STOPPING or cause not in (ExitCause.STOPPED,):
+            self._restarts[cause.value] += 1
+        # Requests it never took from its ring can go elsewhere; the rest failed with it.
+        taken = w.region.memory.load_u64(Word.REQ_TAIL) if not w.region.closed else 0
+        retry: list[Exchange] = []
+        for ex in list(w.in_flight.values()):
+            if ex.replay is not None and ex.ring_seq > taken and not self._stopping:
+                retry.append(ex)
+            else:
+                ex._fail(WorkerLost(f"worker {w.pid} died ({status})", w.pid, status))
+        w.in_flight.clear()
+        w.pump.close()
+        w.region.close()
+        self._workers.remove(w)
+        for ex in retry:
+            task = asyncio.ensure_future(self._redispatch(ex))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        decision = self.config.restart.exited(time.monotonic(), w.process.age, cause, was_ready)
+        if decision.halt:
+            log.critical("worker %d failed to boot (%s): giving up", w.index, status)
+            self._halt(BootFailure(f"the application failed to boot (worker {status})"))
+            return
+        if decision.crash_loop:
+            log.error("workers keep dying right after start (crash loop); next restart in "
+                      "%.1fs", decision.delay)
+        self._reconcile(decision.delay)
+        self._dispatch_queue()
+
+    async def _redispatch(self, ex: Exchange) -> None:
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        try:
+            w = self._pick()
+            if w is None:
+                w = await self._enqueue(ex)
+            else:
+                self._assign(ex, w)
+            await self._send_request(ex, w, False)
+        except ZeusError as exc:
+            ex._fail(exc)
+
+    def _classify(self, w: WorkerHandle, rc: int | None) -> tuple[ExitCause, str]:
+        limits = self.config.limits
+        if w.kill_cause is not None and w.kill_cause is not ExitCause.STOPPED:
+            return w.kill_cause, w.retire_reason or ""
+        if rc == WorkerExit.BOOT_FAILURE:
+            return ExitCause.BOOT_FAILURE, "the application could not be loaded"
+        if rc == WorkerExit.MEMORY_LIMIT:
+            return ExitCause.LIMIT, "memory limit (address space) reached"
+        if w.process.oom_killed():
+            return ExitCause.LIMIT, "memory limit (cgroup memory.max) reached"
+        if rc is not None and limits.cpu_seconds and rc in (-signal.SIGXCPU, -signal.SIGKILL):
+            cpu = w.process.cpu_seconds()
+            if rc == -signal.SIGXCPU or (cpu is not None and cpu >= limits.cpu_seconds):
+                return ExitCause.LIMIT, f"CPU time limit ({limits.cpu_seconds}s) reached"
+        if w.kill_cause is ExitCause.STOPPED:
+            return ExitCause.STOPPED, ""
+        return ExitCause.CRASH, ""
+
+    def _reconcile(self, delay: float = 0.0) -> None:
+        """Start workers until the active ones (plus those about to start) reach the target."""
+        if not self._running or self._stopping or (self._halted and self._halted.done()):
+            return
+        active = sum(
+            1 for w in self._workers
+            if w.state in (WState.STARTING, WState.READY) and w.retire_reason is None
+        )
+        missing = self._target - active - self._pending_spawns
+        for _ in range(max(0, missing)):
+            self._pending_spawns += 1
+            asyncio.get_running_loop().call_later(delay, self._delayed_spawn)
+
+    def _delayed_spawn(self) -> None:
+        self._pending_spawns -= 1
+        if not self._running or self._stopping:
+            return
+        active = sum(
+            1 for w in self._workers
+            if w.state in (WState.STARTING, WState.READY) and w.retire_reason is None
+        )
+        if active < self._target:
+            self._spawn()
+
+    def _halt(self, exc: BaseException) -> None:
+        if self._halted is not None and not self._halted.done():
+            self._halted.set_result(exc)
+
+    async def _tick(self) -> None:
+        """Periodic checks that have no event of their own: lifetime, RSS, heartbeats, boot."""
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.tick)
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.state is WState.STARTING and w.process.age > cfg.boot_timeout:
+                    log.error("worker %d (pid %d) did not become ready in %.0fs", w.index, w.pid,
+                              cfg.boot_timeout)
+                    self._stop_worker(w, ExitCause.CRASH, signal.SIGKILL)
+                    continue
+                if w.state is not WState.READY:
+                    continue
+                if w.retire_reason is None and (cfg.recycle.max_lifetime or cfg.recycle.max_rss):
+                    rss = w.process.rss() if cfg.recycle.max_rss else None
+                    reason = cfg.recycle.reason(0, 0, w.process.age, rss)
+                    if reason:
+                        self._retire(w, reason)
+                if cfg.heartbeat_timeout and w.in_flight:
+                    beat = w.region.memory.load_u64(Word.WORKER_HEARTBEAT)
+                    if beat != w.heartbeat[0]:
+                        w.heartbeat = (beat, now)
+                    elif now - w.heartbeat[1] > cfg.heartbeat_timeout:
+                        log.error("worker %d (pid %d) stopped its heartbeat for %.0fs: hung",
+                                  w.index, w.pid, now - w.heartbeat[1])
+                        for ex in list(w.in_flight.values()):
+                            self._abandon(ex, RequestTimeout("worker hung"))
+                        self._stop_worker(w, ExitCause.TIMEOUT, signal.SIGKILL)
+                else:
+                    w.heartbeat = (w.heartbeat[0], now)
+
+    # ------------------------------------------------------------------ observing
+
+    @property
+    def workers(self) -> Sequence[WorkerHandle]:
+        """The workers now known to the pool (any state but dead)."""
+        return tuple(self._workers)
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot for metrics: busy/idle workers, queue depth, restarts by cause."""
+        stats = []
+        for w in self._workers:
+            st = w.channel.statistics() if not w.channel.closed else None
+            stats.append(WorkerStatistics(
+                w.index, w.pid, w.state.value, len(w.in_flight), w.requests, w.process.rss(),
+                w.process.cpu_seconds(), st.arena_in_use if st else 0,
+            ))
+        ready = [w for w in self._workers if w.state is WState.READY]
+        busy = sum(1 for w in ready if w.in_flight)
+        return PoolStatistics(
+            workers=tuple(stats),
+            busy=busy,
+            idle=len(ready) - busy,
+            queued=len(self._queue),
+            in_flight=sum(len(w.in_flight) for w in self._workers),
+            completed=self._completed,
+            restarts=dict(self._restarts),
+            queue_wait_total=self._queue_wait,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Pool workers={len(self._workers)}/{self._target} queued={len(self._queue)}>"
+
+
+def worker_argv(app: str, interface: str = "auto") -> list[str]:
+    """The command that runs ``module:app`` as a Zeus worker."""
+    return [sys.executable, "-m", "zeus.worker", app, "--interface", interface]

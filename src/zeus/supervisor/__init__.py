@@ -1,0 +1,1 @@
+"""The supervisor: pure policy (restart, recycle, balance) apart from process mechanism."""

@@ -1,0 +1,498 @@
+"""The worker side: ``Worker.connect()`` and ``worker.serve(handler)``.
+
+Theory of operation
+-------------------
+A worker is any process whose runner handed it a channel region (``Region.from_environment``).
+``serve`` loops: wait for a message (spin, then FUTEX_WAIT with the GIL released), read the
+request head in place, call the handler, write the response into the worker's arena, publish,
+and wake the front only if it sleeps.  The front gives a plain worker one request at a time.
+
+A ``Request`` exposes the head (method, path, query, headers) and the body: ``request.body`` is a
+zero-copy memoryview into the arena when the body arrived as one message (the common case for
+small bodies), and ``request.stream`` reads a body of any size chunk by chunk, releasing each
+chunk's arena space as soon as it is consumed.  The handler answers with a ``Response`` whose
+body may be bytes, a memoryview or an iterable of either (streamed, with back-pressure when the
+front's client is slow), or writes straight into the arena through ``request.respond()``.
+
+A handler exception answers that request with a 500 (the traceback goes to stderr, never to the
+client) and the worker keeps serving.  A heartbeat thread bumps a counter in the control block
+once a second; the front sends CANCEL when the client leaves, which the worker notices while it
+reads the body or writes the response (``ClientDisconnected``).
+
+Signals: TERM stops after the request in progress (immediately when idle); INT stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
+from typing import Final
+
+from zeus.channel import Channel, Message
+from zeus.core.codec import Headers, RequestHead, decode_request_head, encode_response_head
+from zeus.core.layout import Flag, Kind
+from zeus.errors import PeerBrokenError, PeerLostError, RegionMismatchError, ZeusError
+from zeus.exitcodes import WorkerExit
+from zeus.region import Region
+
+log = logging.getLogger("zeus.worker")
+
+HEARTBEAT_INTERVAL: Final = 1.0
+
+
+class ClientDisconnected(ZeusError):
+    """The front cancelled this request: its client went away or it timed out."""
+
+
+class _Stop(BaseException):
+    """Raised from the TERM handler to leave an idle wait at once."""
+
+
+class Response:
+    """What a handler returns: a status, headers, and a body.
+
+    ``body`` may be bytes, a memoryview, or an iterable of them (streamed chunk by chunk).
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: Iterable[tuple[str | bytes, str | bytes]] | None = None,
+        body: bytes | memoryview | Iterable[bytes | memoryview] = b"",
+    ) -> None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid status {status}")
+        self.status = status
+        self.headers: Headers = [(_b(k).lower(), _b(v)) for k, v in headers or ()]
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} headers={len(self.headers)}>"
+
+
+def _b(s: str | bytes) -> bytes:
+    return s.encode("latin-1") if isinstance(s, str) else s
+
+
+class BodyStream:
+    """Reads a request body chunk by chunk from the arena; each chunk is released once read."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._buffer = bytearray()
+
+    def chunks(self) -> Iterator[memoryview]:
+        """Yield the body's chunks as memoryviews, valid until the next one is asked for."""
+        req = self._request
+        while True:
+            msg = req._next_body()
+            if msg is None:
+                return
+            try:
+                if msg.data.nbytes:
+                    yield msg.data
+            finally:
+                msg.release()
+
+    def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes (all remaining if ``n < 0``)."""
+        buf = self._buffer
+        while n < 0 or len(buf) < n:
+            msg = self._request._next_body()
+            if msg is None:
+                break
+            with msg:
+                buf += msg.data
+        if n < 0 or n >= len(buf):
+            out = bytes(buf)
+            buf.clear()
+        else:
+            out = bytes(buf[:n])
+            del buf[:n]
+        return out
+
+    def readline(self, limit: int = -1) -> bytes:
+        """Read one line (up to and including b'\\n'), at most ``limit`` bytes."""
+        buf = self._buffer
+        while True:
+            i = buf.find(b"\n")
+            if i >= 0 and (limit < 0 or i < limit):
+                return self.read(i + 1)
+            if 0 <= limit <= len(buf):
+                return self.read(limit)
+            msg = self._request._next_body()
+            if msg is None:
+                return self.read()
+            with msg:
+                buf += msg.data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+class Request:
+    """One request being served: its head, its body, and the way to answer it."""
+
+    def __init__(self, worker: Worker, msg_id: int, head: RequestHead, body_done: bool) -> None:
+        self._worker = worker
+        self.id: Final = msg_id
+        self.head: Final = head
+        self.method: Final = head.method.decode("latin-1")
+        self.path: Final = head.path.decode("latin-1")
+        self.query: Final = head.query.decode("latin-1")
+        self.headers: Final = head.headers
+        self._body_done = body_done
+        self._first: Message | None = None
+        self._body_view: memoryview | bytes | None = b"" if body_done else None
+        self.cancelled = False
+        self.responded = False
+        self.stream: Final = BodyStream(self)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (case-insensitive), decoded as latin-1."""
+        key = name.lower().encode("latin-1")
+        for k, v in self.headers:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    @property
+    def body(self) -> memoryview | bytes:
+        """The whole body: zero-copy when it arrived as one message, else read and joined."""
+        if self._body_view is None:
+            first = self._next_body()
+            if first is None:
+                self._body_view = b""
+            elif self._body_done:
+                self._first = first  # keep it alive (and its arena space) for the request
+                self._body_view = first.data
+            else:
+                with first:
+                    parts = [bytes(first.data)]
+                parts.append(self.stream.read())
+                self._body_view = b"".join(parts)
+        return self._body_view
+
+    def _next_body(self) -> Message | None:
+        """The next body message of this request, or None at its end."""
+        if self._body_done:
+            return None
+        msg = self._worker._next_for(self)
+        if msg.end:
+            self._body_done = True
+        return msg
+
+    def respond(self, status: int = 200, headers: Headers | None = None) -> ResponseWriter:
+        """Start the response now and write its body piece by piece (or in place)."""
+        if self.responded:
+            raise RuntimeError("response already started")
+        self.responded = True
+        hdrs = [(k.lower(), v) for k, v in headers or ()]
+        self._worker._send(self.id, encode_response_head(status, hdrs), Kind.RESPONSE_HEAD, 0)
+        return ResponseWriter(self)
+
+    def _finish(self) -> None:
+        if self._first is not None:
+            self._first.release()
+            self._first = None
+        # Drain and release any body the handler did not read.
+        while not self._body_done and not self.cancelled:
+            msg = self._next_body()
+            if msg is not None:
+                msg.release()
+
+    def __repr__(self) -> str:
+        return f"<Request id={self.id} {self.method} {self.path!r}>"
+
+
+class ResponseWriter:
+    """Writes a response body into the arena; ``close()`` ends the response."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._worker = request._worker
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Send a body chunk (waits while the front's arena part is full)."""
+        self._worker._check_cancel(self._request)
+        if len(data):
+            self._worker._send(self._request.id, data, Kind.RESPONSE_BODY, 0)
+
+    def reserve(self, n: int) -> memoryview:
+        """Arena space for the next ``n`` bytes of body, to fill in place; then ``commit``."""
+        self._reservation = self._worker.channel.reserve(min(n, self._worker.channel.max_chunk))
+        return self._reservation.buffer
+
+    def commit(self, length: int | None = None) -> None:
+        """Publish the reserved chunk (its first ``length`` bytes)."""
+        self._reservation.commit(self._request.id, Kind.RESPONSE_BODY, 0, length)
+
+    def close(self) -> None:
+        """End the response."""
+        if not self.closed:
+            self.closed = True
+            self._worker._send(self._request.id, b"", Kind.RESPONSE_BODY, Flag.END)
+
+
+Handler = Callable[[Request], Response | None]
+
+
+class Worker:
+    """The worker end of a Zeus channel."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel: Final = channel
+        self._pending: deque[Message] = deque()
+        self._current: Request | None = None
+        self._stop = False
+        self._busy = False
+        self._hb_stop = threading.Event()
+        self.requests_served = 0
+
+    @classmethod
+    def connect(cls) -> Worker:
+        """Attach to the channel this process's runner prepared.
+
+        Run outside Zeus, print one line and exit with WorkerExit.NOT_UNDER_ZEUS.
+        """
+        try:
+            region = Region.from_environment()
+        except RegionMismatchError as exc:
+            print(f"zeus worker: {exc}", file=sys.stderr)
+            raise SystemExit(WorkerExit.NOT_UNDER_ZEUS) from None
+        return cls(Channel(region))
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _send(self, msg_id: int, data: bytes | memoryview, kind: int, flags: int) -> None:
+        self.channel.send(msg_id, data, kind, flags)
+
+    def _recv(self) -> Message:
+        if self._pending:
+            return self._pending.popleft()
+        return self.channel.recv()
+
+    def _next_for(self, req: Request) -> Message:
+        """The next message for ``req``; messages for other IDs wait their turn."""
+        pending = self._pending
+        for i, queued in enumerate(pending):
+            if queued.id == req.id:
+                del pending[i]
+                return self._own(req, queued)
+        while True:
+            msg = self.channel.recv()
+            if msg.id == req.id:
+                return self._own(req, msg)
+            pending.append(msg)
+
+    @staticmethod
+    def _own(req: Request, msg: Message) -> Message:
+        """Check a message that belongs to ``req``'s body."""
+        if msg.kind == Kind.CANCEL:
+            msg.release()
+            req.cancelled = True
+            raise ClientDisconnected(f"request {req.id} cancelled")
+        if msg.kind != Kind.REQUEST_BODY:
+            msg.release()
+            raise PeerBrokenError(f"kind {msg.kind} inside request {req.id}'s body")
+        return msg
+
+    def _check_cancel(self, req: Request) -> None:
+        """Look (without waiting) for a CANCEL of ``req`` among arrived messages."""
+        if req.cancelled:
+            raise ClientDisconnected(f"request {req.id} cancelled")
+        while True:
+            try:
+                msg = self.channel.recv_nowait()
+            except ZeusError:
+                return
+            if msg.id == req.id and msg.kind == Kind.CANCEL:
+                req.cancelled = True
+                raise ClientDisconnected(f"request {req.id} cancelled")
+            self._pending.append(msg)
+
+    # --------------------------------------------------------------- the loop
+
+    def serve(self, handler: Handler) -> None:
+        """Serve requests with ``handler`` until told to stop or the front goes away.
+
+        Exits the process with a WorkerExit code when the channel is lost or broken.
+        """
+        self._install_signals()
+        hb = threading.Thread(target=self._heartbeat, name="zeus-heartbeat", daemon=True)
+        hb.start()
+        code = WorkerExit.OK
+        try:
+            while not self._stop:
+                try:
+                    msg = self._recv()
+                except _Stop:
+                    break
+                self._dispatch(msg, handler)
+        except PeerLostError:
+            code = WorkerExit.PEER_LOST if not self._stop else WorkerExit.OK
+        except PeerBrokenError as exc:
+            log.error("front broke the channel: %s", exc)
+            code = WorkerExit.PEER_BROKEN
+        finally:
+            self._hb_stop.set()
+            self.channel.close()
+        if code != WorkerExit.OK:
+            raise SystemExit(code)
+
+    def _dispatch(self, msg: Message, handler: Handler) -> None:
+        kind = msg.kind
+        if kind != Kind.REQUEST_HEAD:
+            msg.release()  # a body or cancel of a request already finished: stale
+            return
+        with msg:
+            head = decode_request_head(msg.data)
+            req = Request(self, msg.id, head, msg.end)
+        self._busy = True
+        try:
+            self._run(req, handler)
+        finally:
+            self._busy = False
+            self.requests_served += 1
+
+    def _run(self, req: Request, handler: Handler) -> None:
+        try:
+            resp = handler(req)
+            if resp is not None:
+                if req.responded:
+                    raise RuntimeError("handler both called respond() and returned a Response")
+                self._write_response(req, resp)
+            elif not req.responded:
+                raise RuntimeError("handler returned None without responding")
+            req._finish()
+        except ClientDisconnected:
+            return  # nobody to answer; the front has already dropped the request
+        except (PeerLostError, PeerBrokenError):
+            raise
+        except MemoryError:
+            # Under an address-space limit this worker is now unreliable: answer if we can,
+            # then leave with a code that tells the supervisor which limit was crossed.
+            log.error("out of memory on %s %s; exiting", req.method, req.path)
+            if not req.responded:
+                with contextlib.suppress(Exception):
+                    self._send(req.id, encode_response_head(500, _ERROR_HEADERS),
+                               Kind.RESPONSE_HEAD, 0)
+                    self._send(req.id, b"Internal Server Error\n", Kind.RESPONSE_BODY, Flag.END)
+            raise SystemExit(WorkerExit.MEMORY_LIMIT) from None
+        except Exception:
+            log.error("handler failed on %s %s\n%s", req.method, req.path, traceback.format_exc())
+            if not req.responded:
+                self._send(req.id, encode_response_head(500, _ERROR_HEADERS), Kind.RESPONSE_HEAD, 0)
+                self._send(req.id, b"Internal Server Error\n", Kind.RESPONSE_BODY, Flag.END)
+            else:
+                # Headers are gone already: end the stream so the front can close the client.
+                self._send(req.id, b"", Kind.CANCEL, Flag.END)
+            req.responded = True
+            req._finish()
+
+    def _write_response(self, req: Request, resp: Response) -> None:
+        req.responded = True
+        body = resp.body
+        head = encode_response_head(resp.status, resp.headers)
+        if isinstance(body, bytes | bytearray | memoryview):
+            if not any(k == b"content-length" for k, _ in resp.headers):
+                n = memoryview(body).nbytes
+                head = encode_response_head(
+                    resp.status, [*resp.headers, (b"content-length", str(n).encode())]
+                )
+            if len(body) == 0:
+                self._send(req.id, head, Kind.RESPONSE_HEAD, Flag.END)
+                return
+            self._send(req.id, head, Kind.RESPONSE_HEAD, 0)
+            self._send(req.id, body, Kind.RESPONSE_BODY, Flag.END)
+            return
+        self._send(req.id, head, Kind.RESPONSE_HEAD, 0)
+        try:
+            for chunk in body:
+                self._check_cancel(req)
+                if len(chunk):
+                    self._send(req.id, chunk, Kind.RESPONSE_BODY, 0)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        self._send(req.id, b"", Kind.RESPONSE_BODY, Flag.END)
+
+    # ------------------------------------------------------ signals, heartbeat
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self._stop = True
+        if not self._busy:
+            raise _Stop
+
+    def _heartbeat(self) -> None:
+        while not self._hb_stop.wait(HEARTBEAT_INTERVAL):
+            try:
+                self.channel.heartbeat()
+            except (ValueError, ZeusError):
+                return
+
+    def __repr__(self) -> str:
+        return f"<Worker pid={os.getpid()} served={self.requests_served}>"
+
+
+_ERROR_HEADERS: Final[Headers] = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", b"22"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m zeus.worker module:app [--interface auto|native|wsgi|asgi]``."""
+    import argparse
+
+    from zeus.app import AppLoadError, Interface, detect, load
+
+    parser = argparse.ArgumentParser(prog="python -m zeus.worker")
+    parser.add_argument("app", help="the application, as module:attribute")
+    parser.add_argument(
+        "--interface", choices=[i.value for i in Interface], default=Interface.AUTO.value
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()}] %(message)s")
+    try:
+        app = load(args.app)
+        interface = Interface(args.interface)
+        if interface is Interface.AUTO:
+            interface = detect(app)
+    except AppLoadError as exc:
+        print(f"zeus worker: {exc}", file=sys.stderr)
+        raise SystemExit(WorkerExit.BOOT_FAILURE) from None
+    except Exception:
+        print(f"zeus worker: importing {args.app!r} failed:\n{traceback.format_exc()}",
+              file=sys.stderr)
+        raise SystemExit(WorkerExit.BOOT_FAILURE) from None
+    worker = Worker.connect()
+    if interface is Interface.NATIVE:
+        worker.serve(app)
+    elif interface is Interface.WSGI:
+        from zeus.adapters.wsgi import WSGIHandler
+
+        worker.serve(WSGIHandler(app))
+    else:
+        from zeus.adapters.asgi import serve_asgi
+
+        serve_asgi(worker, app)
