@@ -4,9 +4,13 @@ Theory of operation
 -------------------
 The pool keeps ``workers`` processes alive, each with its own region, channel and pump
 (``zeus.aiochannel``).  ``submit`` hands a request to a worker chosen by the balancer among the
-workers that are ready, not retiring, and below their capacity (``concurrency`` requests in
-flight; 1 for a plain worker, like gunicorn's sync workers).  When none can take it, the request
-waits in a bounded FIFO queue for at most ``queue_timeout`` seconds, then fails with Overloaded.
+workers that are ready, not retiring, and below their capacity: ``concurrency`` requests in
+flight (1 for a plain worker, like gunicorn's sync workers), plus up to ``prefetch`` more whose
+bodies are complete, queued in the worker's ring so that it never idles between requests
+(a request that streams its body never waits behind another one: its worker could need arena
+space the queued one holds).  When no worker can take it, the request waits in a bounded FIFO
+queue for at most ``queue_timeout`` seconds, then fails with Overloaded.  Queued requests a
+worker never took from its ring are retried elsewhere if it dies.
 
 Every request gets a 64-bit ID never reused in the life of the pool; a worker's message for an
 ID that is not in flight on that worker is either a late answer to a request the pool gave up on
@@ -96,6 +100,7 @@ class PoolConfig:
     workers: int = 2
     balance: Balance = Balance.ROUND_ROBIN
     concurrency: int = 1
+    prefetch: int = 2  # extra complete requests queued in a worker's ring beyond concurrency
     timeout: float = 30.0  # per request; 0 disables
     kill_grace: float = 5.0  # TERM -> KILL for a timed-out worker
     graceful_timeout: float = 30.0
@@ -277,10 +282,11 @@ class WorkerHandle:
 class _BalancerView:
     """Adapts a WorkerHandle to the balancer's Candidate protocol."""
 
-    __slots__ = ("w",)
+    __slots__ = ("extra", "w")
 
-    def __init__(self, w: WorkerHandle) -> None:
+    def __init__(self, w: WorkerHandle, extra: int) -> None:
         self.w = w
+        self.extra = extra
 
     @property
     def in_flight(self) -> int:
@@ -288,7 +294,7 @@ class _BalancerView:
 
     @property
     def capacity(self) -> int:
-        return self.w.capacity
+        return self.w.capacity + self.extra
 
     @property
     def accepting(self) -> bool:
@@ -458,7 +464,7 @@ class Pool:
         if self._stopping or not self._running:
             raise Overloaded("server is shutting down")
         ex = Exchange(self, head, None if streaming else (body or b""))
-        worker = self._pick()
+        worker = self._pick(ex)
         if worker is None:
             worker = await self._enqueue(ex)
         else:
@@ -466,10 +472,14 @@ class Pool:
         await self._send_request(ex, worker, streaming)
         return ex
 
-    def _pick(self) -> WorkerHandle | None:
+    def _pick(self, ex: Exchange) -> WorkerHandle | None:
         if self._queue:
             return None  # keep FIFO order behind those already waiting
-        view = self._balancer.pick([_BalancerView(w) for w in self._workers])
+        return self._choose(ex)
+
+    def _choose(self, ex: Exchange) -> WorkerHandle | None:
+        extra = self.config.prefetch if ex.replay is not None else 0
+        view = self._balancer.pick([_BalancerView(w, extra) for w in self._workers])
         return view.w if view is not None else None
 
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
@@ -496,14 +506,16 @@ class Pool:
         """Give queued requests to workers that have room, in FIFO order."""
         queue = self._queue
         while queue:
-            view = self._balancer.pick([_BalancerView(w) for w in self._workers])
-            if view is None:
-                return
-            ex, fut = queue.popleft()
+            ex, fut = queue[0]
             if fut.done():
+                queue.popleft()
                 continue
-            self._assign(ex, view.w)
-            fut.set_result(view.w)
+            w = self._choose(ex)
+            if w is None:
+                return
+            queue.popleft()
+            self._assign(ex, w)
+            fut.set_result(w)
 
     def _assign(self, ex: Exchange, w: WorkerHandle) -> None:
         ex.worker = w
@@ -753,7 +765,7 @@ class Pool:
             ex.timer.cancel()
             ex.timer = None
         try:
-            w = self._pick()
+            w = self._pick(ex)
             if w is None:
                 w = await self._enqueue(ex)
             else:
