@@ -485,22 +485,26 @@ class Pool:
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
         if len(self._queue) >= self.config.queue_size:
             raise Overloaded(f"request queue full ({self.config.queue_size})")
-        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WorkerHandle] = loop.create_future()
         entry = (ex, fut)
         self._queue.append(entry)
+        timer = loop.call_later(self.config.queue_timeout, self._queue_expired, entry)
         start = time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.config.queue_timeout)
-        except TimeoutError:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                return fut.result()  # assigned at the last moment
+            return await fut
+        finally:
+            timer.cancel()
+            self._queue_wait += time.monotonic() - start
+
+    def _queue_expired(self, entry: tuple[Exchange, asyncio.Future[WorkerHandle]]) -> None:
+        _, fut = entry
+        if not fut.done():
             with contextlib.suppress(ValueError):
                 self._queue.remove(entry)
-            raise Overloaded(
-                f"no worker available within {self.config.queue_timeout:.1f}s"
-            ) from None
-        finally:
-            self._queue_wait += time.monotonic() - start
+            fut.set_exception(
+                Overloaded(f"no worker available within {self.config.queue_timeout:.1f}s")
+            )
 
     def _dispatch_queue(self) -> None:
         """Give queued requests to workers that have room, in FIFO order."""
