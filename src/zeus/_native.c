@@ -1366,8 +1366,11 @@ Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Endpoint_wake_peer(Endpoint *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!usable(self))
+    /* Works on a broken endpoint too: closing must still wake the peer. */
+    if (!self->map || !self->map->has_view) {
+        PyErr_SetString(PyExc_ValueError, "endpoint's mapping is released");
         return NULL;
+    }
     char *base = self->map->base;
     self->wake_seq++;
     atomic_store_explicit((_Atomic uint32_t *)(base + self->peer_wake_word), self->wake_seq,

@@ -42,6 +42,7 @@ class ChannelPump:
         channel: Channel,
         on_message: Callable[[Message], None],
         on_wake: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         bell = channel.region.own_bell
         if bell is None:
@@ -50,6 +51,7 @@ class ChannelPump:
         self._bell = bell
         self._on_message = on_message
         self._on_wake = on_wake
+        self._on_error = on_error
         self._loop = asyncio.get_running_loop()
         self._space: list[asyncio.Future[None]] = []
         self._error: BaseException | None = None
@@ -176,9 +178,11 @@ class ChannelPump:
     # ----------------------------------------------------------- lifecycle
 
     def fail(self, exc: BaseException) -> None:
-        """Stop pumping because of ``exc``; waiting senders get it."""
+        """Stop pumping because of ``exc``; waiting senders get it; the owner is told once."""
         if self._error is None:
             self._error = exc
+            if self._on_error is not None and not self._closed:
+                self._loop.call_soon(self._on_error, exc)
         waiters, self._space = self._space, []
         for fut in waiters:
             if not fut.done():

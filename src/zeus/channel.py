@@ -39,6 +39,7 @@ promptly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import time
@@ -414,6 +415,14 @@ class Channel:
 
     # ---------------------------------------------------------------- lifecycle
 
+    def peer_consumed(self) -> int | None:
+        """How many messages the peer has taken from our ring (checked), or None if the
+        peer broke the protocol (then nothing it says can be trusted)."""
+        try:
+            return self._ep.refresh()[1]
+        except (PeerBrokenError, ValueError):
+            return None
+
     def heartbeat(self) -> None:
         """Worker: bump the heartbeat counter the supervisor watches."""
         self._m.fetch_add_u64(Word.WORKER_HEARTBEAT, 1)
@@ -427,7 +436,8 @@ class Channel:
             # Publish CLOSED, then wake the peer whatever it announced: it re-checks and sees
             # CLOSED (store -> fence inside wake_peer -> the peer's re-check).
             self._m.store_u32(self._state_word, State.CLOSED)
-            self._ep.wake_peer()
+            with contextlib.suppress(ValueError, OSError):
+                self._ep.wake_peer()
         self._out.release()
         self._in.release()
         if self._pidfd is not None:

@@ -65,6 +65,7 @@ from zeus.supervisor.process import WorkerProcess, describe_exit
 log = logging.getLogger("zeus.pool")
 
 MAX_HEAD = 1 << 20  # a response head larger than this is a broken worker
+MAX_ABANDONED = 4096  # abandoned request IDs remembered per worker
 
 
 class WorkerLost(ZeusError):
@@ -238,12 +239,17 @@ class WorkerHandle:
         # The front never spins: the loop has other work, and a 2-core host has no core to burn.
         self.channel = Channel(self.region, peer_pid=self.pid, spin=SpinPolicy(max_ns=0))
         self.pump = ChannelPump(
-            self.channel, lambda msg: pool._on_message(self, msg), lambda: pool._on_wake(self)
+            self.channel,
+            lambda msg: pool._on_message(self, msg),
+            lambda: pool._on_wake(self),
+            lambda exc: pool._on_pump_error(self, exc),
         )
         self.state = WState.STARTING
         self.capacity = cfg.concurrency
         self.in_flight: dict[int, Exchange] = {}
-        self.abandoned: set[int] = set()
+        # Requests given up on (client gone, timeout) whose end the worker may still send;
+        # insertion-ordered so the oldest can be forgotten (bounded).
+        self.abandoned: dict[int, None] = {}
         self.requests = 0
         self.request_limit = cfg.recycle.request_limit(pool._rng)
         self.retire_reason: str | None = None
@@ -561,7 +567,9 @@ class Pool:
         w = ex.worker
         ex._fail(error or ZeusError("request cancelled"))
         if w is not None and w.in_flight.pop(ex.id, None) is not None:
-            w.abandoned.add(ex.id)
+            w.abandoned[ex.id] = None
+            if len(w.abandoned) > MAX_ABANDONED:
+                del w.abandoned[next(iter(w.abandoned))]
             w.pump.cancel(ex.id)
             self._release(ex, w)
 
@@ -587,7 +595,7 @@ class Pool:
         if ex is None:
             if msg.id in w.abandoned:
                 if msg.end or msg.kind == Kind.CANCEL:
-                    w.abandoned.discard(msg.id)
+                    del w.abandoned[msg.id]
                 msg.release()
                 return
             msg.release()
@@ -657,12 +665,21 @@ class Pool:
                     self._drain(old, ExitCause.RECYCLE)
             self._dispatch_queue()
 
+    def _on_pump_error(self, w: WorkerHandle, exc: BaseException) -> None:
+        """The worker's channel failed: a protocol violation kills the worker at once."""
+        if w.state is WState.DEAD:
+            return
+        if isinstance(exc, PeerBrokenError):
+            self._broken(w, str(exc))
+        # PeerLostError: the pidfd will report the exit; nothing to do here.
+
     def _broken(self, w: WorkerHandle, why: str) -> None:
         log.error("worker %d (pid %d) broke the channel protocol: %s; killing it", w.index,
                   w.pid, why)
         w.pump.fail(PeerBrokenError(why))
         for ex in list(w.in_flight.values()):
             ex._fail(WorkerLost(f"worker {w.pid} broke the protocol", w.pid, why))
+        w.in_flight.clear()
         self._stop_worker(w, ExitCause.BROKEN, signal.SIGKILL)
 
     # ------------------------------------------------------------- process events
@@ -737,18 +754,22 @@ class Pool:
                 cause.value, f" ({detail})" if detail else "")
         if prior is not WState.STOPPING or cause not in (ExitCause.STOPPED,):
             self._restarts[cause.value] += 1
-        # Requests it never took from its ring can go elsewhere; the rest failed with it.
-        taken = w.region.memory.load_u64(Word.REQ_TAIL) if not w.region.closed else 0
+        # Requests it never took from its ring can go elsewhere; the rest failed with it.  The
+        # count is the channel's checked copy: a worker that broke the protocol gets no retry.
+        taken = w.channel.peer_consumed() if not w.channel.closed else None
         retry: list[Exchange] = []
         for ex in list(w.in_flight.values()):
-            if ex.replay is not None and ex.ring_seq > taken and not self._stopping:
+            if (ex.replay is not None and taken is not None and ex.ring_seq > taken
+                    and not self._stopping):
                 retry.append(ex)
             else:
                 ex._fail(WorkerLost(f"worker {w.pid} died ({status})", w.pid, status))
         w.in_flight.clear()
-        w.pump.close()
-        w.region.close()
-        self._workers.remove(w)
+        try:
+            w.pump.close()
+        finally:
+            w.region.close()
+            self._workers.remove(w)
         for ex in retry:
             task = asyncio.ensure_future(self._redispatch(ex))
             self._tasks.add(task)

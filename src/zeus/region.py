@@ -136,7 +136,7 @@ class Region:
         """Attach the region a Zeus runner prepared for this process."""
         env = os.environ if environ is None else environ
         raw = env.get(ENV_REGION_FD)
-        if raw is None:
+        if not raw:
             raise RegionMismatchError(
                 f"{ENV_REGION_FD} is not set: this process was not started by a Zeus runner"
             )

@@ -184,6 +184,7 @@ def decode_response_head(buf: bytes | memoryview) -> ResponseHead:
         value = r.string(_U32)
         if not _TOKEN.match(name):
             raise PeerBrokenError(f"invalid response header name {name[:40]!r}")
+        name = name.lower()  # the front compares names (framing, hop-by-hop) in lower case
         if _BAD_VALUE.search(value):
             raise PeerBrokenError(f"invalid response header value for {name[:40]!r}")
         headers.append((name, value))

@@ -66,13 +66,13 @@ class Word(enum.IntEnum):
     RESP_TAIL = _line(5)  # front: response-ring messages consumed (u64)
     REQ_ARENA_FREED = _line(6)  # worker: request-arena bytes released, free-running (u64)
     RESP_ARENA_FREED = _line(7)  # front: response-arena bytes released (u64)
-    FRONT_SLEEP = _line(8)  # front: sleep epoch, odd while asleep or about to sleep (u32)
+    FRONT_SLEEP = _line(8)  # front: sleep word -- epoch plus ASLEEP/DOORBELL/WANT_* bits (u32)
     FRONT_WAKE = _line(9)  # worker: wake sequence the front sleeps on (u32 futex word)
-    WORKER_SLEEP = _line(10)  # worker: sleep epoch (u32)
+    WORKER_SLEEP = _line(10)  # worker: sleep word, as FRONT_SLEEP (u32)
     WORKER_WAKE = _line(11)  # front: wake sequence the worker sleeps on (u32 futex word)
     FRONT_STATE = _line(12)  # front: State (u32); front pid at +4 (u32)
     WORKER_STATE = _line(13)  # worker: State (u32); worker pid at +4 (u32)
-    WORKER_HEARTBEAT = _line(14)  # worker: heartbeat counter (u64), bumped while serving
+    WORKER_HEARTBEAT = _line(14)  # worker: heartbeat counter (u64), bumped once a second
     FRONT_COUNTERS = _line(15)  # front: messages sent (u64), bytes sent (+8, u64)
     WORKER_COUNTERS = _line(16)  # worker: messages sent (u64), bytes sent (+8, u64)
 

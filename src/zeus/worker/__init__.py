@@ -157,6 +157,8 @@ class Request:
         self._body_view: memoryview | bytes | None = b"" if body_done else None
         self.cancelled = False
         self.responded = False
+        self.ended = False  # the last message of the response has been sent
+        self.writer: ResponseWriter | None = None
         self.stream: Final = BodyStream(self)
 
     def header(self, name: str, default: str | None = None) -> str | None:
@@ -200,7 +202,8 @@ class Request:
         self.responded = True
         hdrs = [(k.lower(), v) for k, v in headers or ()]
         self._worker._send(self.id, encode_response_head(status, hdrs), Kind.RESPONSE_HEAD, 0)
-        return ResponseWriter(self)
+        self.writer = ResponseWriter(self)
+        return self.writer
 
     def _finish(self) -> None:
         if self._first is not None:
@@ -255,7 +258,7 @@ class Worker:
     def __init__(self, channel: Channel) -> None:
         self.channel: Final = channel
         self._pending: deque[Message] = deque()
-        self._current: Request | None = None
+        self._current: Request | None = None  # the request being served
         self._stop = False
         self._busy = False
         self._hb_stop = threading.Event()
@@ -278,6 +281,10 @@ class Worker:
 
     def _send(self, msg_id: int, data: bytes | memoryview, kind: int, flags: int) -> None:
         self.channel.send(msg_id, data, kind, flags)
+        if flags & Flag.END:
+            cur = self._current
+            if cur is not None and cur.id == msg_id:
+                cur.ended = True  # nothing more may be sent for it
 
     def _recv(self) -> Message:
         if self._pending:
@@ -357,15 +364,38 @@ class Worker:
         if kind != Kind.REQUEST_HEAD:
             msg.release()  # a body or cancel of a request already finished: stale
             return
-        with msg:
-            head = decode_request_head(msg.data)
-            req = Request(self, msg.id, head, msg.end)
+        if msg.more:
+            # A head larger than one chunk: gather its pieces (same ID, same kind).
+            data = bytearray()
+            while True:
+                with msg:
+                    data += msg.data
+                    more, end, rid = msg.more, msg.end, msg.id
+                if not more:
+                    break
+                msg = self._next_piece(rid)
+            head = decode_request_head(data)
+        else:
+            with msg:
+                head = decode_request_head(msg.data)
+                end, rid = msg.end, msg.id
+        req = Request(self, rid, head, end)
         self._busy = True
+        self._current = req
         try:
             self._run(req, handler)
         finally:
             self._busy = False
+            self._current = None
             self.requests_served += 1
+
+    def _next_piece(self, msg_id: int) -> Message:
+        """The next chunk of a head split with Flag.MORE (nothing else may come between)."""
+        msg = self.channel.recv()
+        if msg.id != msg_id or msg.kind != Kind.REQUEST_HEAD:
+            msg.release()
+            raise PeerBrokenError(f"request head {msg_id} interrupted by message {msg.id}")
+        return msg
 
     def _run(self, req: Request, handler: Handler) -> None:
         try:
@@ -376,9 +406,14 @@ class Worker:
                 self._write_response(req, resp)
             elif not req.responded:
                 raise RuntimeError("handler returned None without responding")
+            elif req.writer is not None and not req.writer.closed:
+                req.writer.close()  # the handler streamed a response and forgot to end it
             req._finish()
         except ClientDisconnected:
-            return  # nobody to answer; the front has already dropped the request
+            # The front gave up on this request; acknowledge so it can forget the ID.
+            if not req.ended:
+                self._send(req.id, b"", Kind.CANCEL, Flag.END)
+            return
         except (PeerLostError, PeerBrokenError):
             raise
         except MemoryError:
@@ -396,8 +431,8 @@ class Worker:
             if not req.responded:
                 self._send(req.id, encode_response_head(500, _ERROR_HEADERS), Kind.RESPONSE_HEAD, 0)
                 self._send(req.id, b"Internal Server Error\n", Kind.RESPONSE_BODY, Flag.END)
-            else:
-                # Headers are gone already: end the stream so the front can close the client.
+            elif not req.ended:
+                # Headers are gone already: abort the stream so the front can close the client.
                 self._send(req.id, b"", Kind.CANCEL, Flag.END)
             req.responded = True
             req._finish()
