@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-from zeus.channel import Channel, Message
+from zeus.channel import WANT_DATA, WANT_SPACE, Channel, Message
 from zeus.core.layout import Flag, Kind
 from zeus.errors import ClosedResourceError, PeerLostError, WouldBlock, ZeusError
 
@@ -57,6 +57,7 @@ class ChannelPump:
         self._error: BaseException | None = None
         self._scheduled = False
         self._asleep = False
+        self._wants_space = False
         self._closed = False
         self.drains = 0
         self.sent = 0  # messages published on the request ring (its head, as we count it)
@@ -100,15 +101,25 @@ class ChannelPump:
         self._wake_senders()
         if self._on_wake is not None:
             self._on_wake()
+        self._announce()
+
+    def _announce(self) -> None:
+        """Announce sleep: wake me for messages, and for space only if a sender waits for it
+        (every release by the peer would otherwise ring the doorbell)."""
+        want = WANT_DATA | (WANT_SPACE if self._space else 0)
         try:
-            seq = ch.prepare_sleep(doorbell=True)
+            seq = self.channel.prepare_sleep(doorbell=True, want=want)
         except ZeusError as exc:
             self.fail(exc)
             return
         if seq is None:
+            if self._asleep:
+                self.channel.finish_sleep()
+            self._asleep = False
             self._schedule()
         else:
             self._asleep = True
+            self._wants_space = bool(want & WANT_SPACE)
 
     def _wake_senders(self) -> None:
         waiters, self._space = self._space, []
@@ -166,6 +177,10 @@ class ChannelPump:
         self._check()
         fut: asyncio.Future[None] = self._loop.create_future()
         self._space.append(fut)
+        if self._asleep and not self._wants_space:
+            self._announce()  # re-announce, now asking for space too
+        elif not self._asleep:
+            self._schedule()
         await fut
         self._check()
 

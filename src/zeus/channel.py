@@ -65,8 +65,8 @@ from zeus.region import Region
 
 _ASLEEP: Final = 1  # sleep word bit: this side is asleep or about to sleep
 _DOORBELL: Final = 2  # sleep word bit: wake me through the doorbell eventfd, not the futex
-_WANT_DATA: Final = 4  # sleep word bit: wake me when a message is published
-_WANT_SPACE: Final = 8  # sleep word bit: wake me when ring slots or arena space come back
+WANT_DATA: Final = 4  # sleep word bit: wake me when a message is published
+WANT_SPACE: Final = 8  # sleep word bit: wake me when ring slots or arena space come back
 _EPOCH: Final = 16  # sleep word increment per sleep
 _KINDS_MASK: Final = sum(1 << k for k in KINDS)
 
@@ -296,7 +296,7 @@ class Channel:
                 return self.recv_nowait()
             except WouldBlock:
                 self._recv_waits += 1
-                self._sleep_until_news(deadline, want=_WANT_DATA)
+                self._sleep_until_news(deadline, want=WANT_DATA)
             if budget:
                 spin.lost()
 
@@ -327,7 +327,7 @@ class Channel:
         if budget and self._m.spin_while_equal(self._peer_tail, tail, budget) != tail:
             self.spin.won()
             return
-        self._sleep_until_news(deadline, want=_WANT_SPACE)
+        self._sleep_until_news(deadline, want=WANT_SPACE)
         if budget:
             self.spin.lost()
 
@@ -357,7 +357,7 @@ class Channel:
             self.check_peer()
 
     def prepare_sleep(
-        self, *, doorbell: bool, want: int = _WANT_DATA | _WANT_SPACE
+        self, *, doorbell: bool, want: int = WANT_DATA | WANT_SPACE
     ) -> int | None:
         """Announce that this side is about to sleep; None if it must not (news arrived).
 

@@ -113,7 +113,7 @@ class PoolConfig:
     slots: int = DEFAULT_SLOTS
     recycle: RecyclePolicy = field(default_factory=RecyclePolicy)
     limits: Limits = field(default_factory=Limits)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # on top of the front's environment
     cwd: str | None = None
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     tick: float = 0.5  # how often recycling, heartbeats and boot deadlines are checked
@@ -153,8 +153,8 @@ class Exchange:
         self.started = time.monotonic()
 
     async def response(self) -> ResponseHead:
-        """Wait for the response head."""
-        return await self._head
+        """Wait for the response head.  Cancelling the wait does not cancel the request."""
+        return await asyncio.shield(self._head)
 
     async def next_chunk(self) -> Message | None:
         """The next body chunk (release it when written), or None at the end."""

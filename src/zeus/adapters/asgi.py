@@ -99,27 +99,6 @@ def serve_asgi(worker: Worker | Callable[[], Worker], app: ASGIApp) -> None:
         raise SystemExit(code)
 
 
-class _Pump(ChannelPump):
-    """A ChannelPump that reports its failure (the front lost or broken) to the server."""
-
-    def __init__(
-        self, channel: Channel, on_message: Callable[[Message], None],
-        on_fail: Callable[[BaseException], None],
-    ) -> None:
-        self._on_fail = on_fail
-        self.closing = False
-        super().__init__(channel, on_message)
-
-    def fail(self, exc: BaseException) -> None:
-        super().fail(exc)
-        if not self.closing:
-            self._on_fail(exc)
-
-    def close(self) -> None:
-        self.closing = True
-        super().close()
-
-
 class Lifespan:
     """The ASGI lifespan protocol, run as one task beside the requests."""
 
@@ -254,7 +233,7 @@ class ASGIServer:
             self.worker = source()
         channel = self.worker.channel
         self._hold_limit = channel.region.geometry.req_arena_size // 2
-        self.pump = pump = _Pump(channel, self._on_message, self._on_pump_failed)
+        self.pump = pump = ChannelPump(channel, self._on_message, on_error=self._on_pump_failed)
         beat = asyncio.create_task(self._heartbeat(channel), name="zeus-heartbeat")
         try:
             await self._stop.wait()

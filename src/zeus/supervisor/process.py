@@ -50,7 +50,7 @@ class WorkerProcess:
             self.cgroup_path = cgroup.create(name, limits.memory)
         procs = self.cgroup_path / "cgroup.procs" if self.cgroup_path else None
         preexec = make_preexec(limits, procs, SUPERVISOR_SIGNALS)
-        full_env = {**env, **region.child_env()}
+        full_env = {**os.environ, **env, **region.child_env()}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
             self.popen: Final = subprocess.Popen(

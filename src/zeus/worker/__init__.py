@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -73,7 +74,7 @@ class Response:
         if not 100 <= status <= 999:
             raise ValueError(f"invalid status {status}")
         self.status = status
-        self.headers: Headers = [(_b(k).lower(), _b(v)) for k, v in headers or ()]
+        self.headers: Headers = _check_headers((_b(k), _b(v)) for k, v in headers or ())
         self.body = body
 
     def __repr__(self) -> str:
@@ -82,6 +83,23 @@ class Response:
 
 def _b(s: str | bytes) -> bytes:
     return s.encode("latin-1") if isinstance(s, str) else s
+
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
+
+
+def _check_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Lower-case names; refuse what the front would refuse (ValueError -> a 500, not a
+    protocol violation that gets the worker killed)."""
+    out: Headers = []
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            raise ValueError(f"invalid header name {name[:40]!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name[:40]!r}")
+        out.append((name.lower(), value))
+    return out
 
 
 class BodyStream:
@@ -199,8 +217,8 @@ class Request:
         """Start the response now and write its body piece by piece (or in place)."""
         if self.responded:
             raise RuntimeError("response already started")
+        hdrs = _check_headers(headers or ())
         self.responded = True
-        hdrs = [(k.lower(), v) for k, v in headers or ()]
         self._worker._send(self.id, encode_response_head(status, hdrs), Kind.RESPONSE_HEAD, 0)
         self.writer = ResponseWriter(self)
         return self.writer
@@ -520,14 +538,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"zeus worker: importing {args.app!r} failed:\n{traceback.format_exc()}",
               file=sys.stderr)
         raise SystemExit(WorkerExit.BOOT_FAILURE) from None
+    if interface is Interface.ASGI:
+        from zeus.adapters.asgi import serve_asgi
+
+        # Attach (publish OPEN = ready) only after lifespan startup succeeded.
+        serve_asgi(Worker.connect, app)
+        return
     worker = Worker.connect()
     if interface is Interface.NATIVE:
         worker.serve(app)
-    elif interface is Interface.WSGI:
+    else:
         from zeus.adapters.wsgi import WSGIHandler
 
         worker.serve(WSGIHandler(app))
-    else:
-        from zeus.adapters.asgi import serve_asgi
-
-        serve_asgi(worker, app)

@@ -1,0 +1,1 @@
+"""Applications the cross-process and end-to-end tests run inside real workers."""
