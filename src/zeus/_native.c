@@ -857,6 +857,24 @@ parse_hdr(PyObject *const *args, unsigned long long *id, unsigned int *kind, uns
     return 0;
 }
 
+/* What we send must pass the peer's validation: refuse it here (ValueError, our bug) rather
+   than have the peer declare the channel broken. */
+static int
+check_outgoing(Endpoint *e, unsigned int kind, unsigned int flags, unsigned long long n)
+{
+    if (kind >= 64 || !((e->kinds_mask >> kind) & 1) || (flags & ~e->flags_mask) ||
+        (flags & 3u) == 3u) {
+        PyErr_Format(PyExc_ValueError, "invalid message kind %u or flags 0x%x", kind, flags);
+        return -1;
+    }
+    if (n > e->out_size / 2 || n > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "message of %llu bytes; at most half the arena (%llu)",
+                     n, (unsigned long long)(e->out_size / 2));
+        return -1;
+    }
+    return 0;
+}
+
 /* send(id, kind, flags, data) -> bool: False if the ring or the arena is full. */
 static PyObject *
 Endpoint_send(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
@@ -877,6 +895,8 @@ Endpoint_send(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[3], &b, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     PyObject *res = NULL;
+    if (check_outgoing(self, kind, flags, (unsigned long long)b.len) < 0)
+        goto out;
     int room = ring_room(self);
     if (room < 0)
         goto out;
@@ -916,6 +936,11 @@ Endpoint_reserve(Endpoint *self, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "a reservation is already outstanding");
         return NULL;
     }
+    if (n > self->out_size / 2 || n > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "reservation of %llu bytes; at most half the arena (%llu)",
+                     n, (unsigned long long)(self->out_size / 2));
+        return NULL;
+    }
     int room = ring_room(self);
     if (room < 0)
         return NULL;
@@ -948,6 +973,8 @@ Endpoint_commit(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "no reservation to commit");
         return NULL;
     }
+    if (check_outgoing(self, kind, flags, n) < 0)
+        return NULL;
     uint64_t off;
     if (n == 0) {
         self->a_head = self->a_prev; /* a zero-length message takes no space */

@@ -34,6 +34,10 @@ from zeus.core.layout import Flag, Kind
 from zeus.errors import ClosedResourceError, PeerLostError, WouldBlock, ZeusError
 
 
+def _ignore_message(msg: Message) -> None:
+    msg.release()
+
+
 class ChannelPump:
     """Drives one end of a channel from an asyncio loop."""
 
@@ -212,6 +216,11 @@ class ChannelPump:
         self._closed = True
         self._loop.remove_reader(self._bell)
         self.channel.close()
+        # Break the cycle owner -> pump -> callbacks -> owner, so the region's mapping goes
+        # as soon as the last message view does, not at the next cyclic collection.
+        self._on_message = _ignore_message
+        self._on_wake = None
+        self._on_error = None
 
     def __repr__(self) -> str:
         return f"<ChannelPump drains={self.drains} asleep={self._asleep} closed={self._closed}>"

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from zeus.app import AppLoadError, Interface, detect, load
 from zeus.errors import ConfigError
@@ -119,9 +120,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     lg.add_argument("--access-log", action="store_true", help="log every request")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (with a pointer to --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ServerExit.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``zeus`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zeus",
         description="Zero-copy process runner for Python web applications: one front process "
                     "owns the network and hands each request to an isolated worker through "

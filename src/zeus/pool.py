@@ -142,6 +142,7 @@ class Exchange:
         self.replay = replay  # the whole body when known up front (lets a retry happen)
         self.worker: WorkerHandle | None = None
         self.ring_seq = 0  # the worker's request-ring position just after our head was sent
+        self.handed = False  # head and body are all in the worker's ring
         loop = asyncio.get_running_loop()
         self._head: asyncio.Future[ResponseHead] = loop.create_future()
         self._head_buf = bytearray()
@@ -345,6 +346,7 @@ class Pool:
         self.pid = 0
         self._workers: list[WorkerHandle] = []
         self._balancer = Balancer(config.balance)
+        self._prefetch_balancer = Balancer(Balance.LEAST_CONN)  # shortest queue
         self._queue: deque[tuple[Exchange, asyncio.Future[WorkerHandle]]] = deque()
         self._rng = random.Random()
         self._target = config.workers
@@ -451,10 +453,17 @@ class Pool:
         if delta > 0:
             self._reconcile()
         for _ in range(-delta):
-            victims = [w for w in self._workers if w.state is WState.READY and not w.retire_reason]
-            if not victims:
+            if self._pending_spawns:
+                continue  # a spawn not yet started will find nothing missing and skip
+            starting = [w for w in self._workers
+                        if w.state is WState.STARTING and not w.retire_reason]
+            ready = [w for w in self._workers if w.state is WState.READY and not w.retire_reason]
+            if starting:
+                victim = starting[-1]
+            elif len(ready) > 1 or (ready and self._target < len(ready)):
+                victim = min(ready, key=lambda w: len(w.in_flight))
+            else:
                 break
-            victim = min(victims, key=lambda w: len(w.in_flight))
             victim.retire_reason = "scale down"
             self._drain(victim, ExitCause.STOPPED)
 
@@ -484,8 +493,13 @@ class Pool:
         return self._choose(ex)
 
     def _choose(self, ex: Exchange) -> WorkerHandle | None:
-        extra = self.config.prefetch if ex.replay is not None else 0
-        view = self._balancer.pick([_BalancerView(w, extra) for w in self._workers])
+        """A worker with free capacity; failing that, one whose ring may queue ``ex``."""
+        view = self._balancer.pick([_BalancerView(w, 0) for w in self._workers])
+        if view is None and ex.replay is not None and self.config.prefetch:
+            extra = self.config.prefetch
+            view = self._prefetch_balancer.pick(
+                [_BalancerView(w, extra) for w in self._workers]
+            )
         return view.w if view is not None else None
 
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
@@ -544,6 +558,7 @@ class Pool:
             ex.ring_seq = w.pump.sent
             if body:
                 await w.pump.send(ex.id, body, Kind.REQUEST_BODY, Flag.END)
+            ex.handed = not streaming
         except (PeerLostError, PeerBrokenError) as exc:
             if ex._error is not None:
                 raise ex._error from exc
@@ -561,6 +576,17 @@ class Pool:
         )
         self._abandon(ex, RequestTimeout(f"request timed out after {self.config.timeout:.1f}s"))
         self._stop_worker(w, ExitCause.TIMEOUT, signal.SIGTERM)
+        # Requests queued behind the stuck one that it never took go to another worker now
+        # (it is being stopped and will not take them: the TERM makes it leave after the
+        # request in progress).  Late answers from it are dropped as abandoned.
+        taken = w.channel.peer_consumed()
+        for other in list(w.in_flight.values()):
+            if other.replay is not None and other.handed and taken is not None and (
+                other.ring_seq > taken
+            ):
+                del w.in_flight[other.id]
+                w.abandoned[other.id] = None
+                self._retry(other)
 
     def _abandon(self, ex: Exchange, error: BaseException | None) -> None:
         """Give up on ``ex`` (client gone or timeout): cancel it in the worker, free the slot."""
@@ -694,6 +720,10 @@ class Pool:
             self._halt(BootFailure(f"cannot start worker {self.config.argv[0]!r}: {exc}"))
             return None
         w.process.watch(asyncio.get_running_loop(), lambda: self._on_exit(w))
+        for old in self._workers:  # a retiring worker whose replacement died gets this one
+            if old.retire_reason and old.replacement is None and old.state is WState.READY:
+                old.replacement = w
+                break
         self._workers.append(w)
         log.info("started worker %d (pid %d)", w.index, w.pid)
         return w
@@ -706,8 +736,9 @@ class Pool:
         log.info("recycling worker %d (pid %d): %s", w.index, w.pid, reason)
         if self._stopping:
             return
-        w.replacement = self._spawn()
-        if w.replacement is None or w.state is WState.STARTING:
+        w.replacement = None
+        rep = self._spawn()  # links itself to the first retiring worker without one
+        if rep is None or w.state is WState.STARTING:
             self._drain(w, ExitCause.RECYCLE)
 
     def _drain(self, w: WorkerHandle, cause: ExitCause) -> None:
@@ -737,6 +768,7 @@ class Pool:
 
     def _on_exit(self, w: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
+        cpu = w.process.cpu_seconds()  # readable until the zombie is reaped
         rc = w.process.reap(loop)
         if rc is None and w.state is not WState.STOPPING:
             return  # spurious readiness
@@ -747,7 +779,7 @@ class Pool:
         w.state = WState.DEAD
         if w.kill_timer is not None:
             w.kill_timer.cancel()
-        cause, detail = self._classify(w, rc)
+        cause, detail = self._classify(w, rc, cpu)
         status = describe_exit(rc) if rc is not None else "not reaped"
         level = logging.INFO if cause in (ExitCause.RECYCLE, ExitCause.STOPPED) else logging.ERROR
         log.log(level, "worker %d (pid %d) exited: %s; cause: %s%s", w.index, w.pid, status,
@@ -759,21 +791,22 @@ class Pool:
         taken = w.channel.peer_consumed() if not w.channel.closed else None
         retry: list[Exchange] = []
         for ex in list(w.in_flight.values()):
-            if (ex.replay is not None and taken is not None and ex.ring_seq > taken
-                    and not self._stopping):
+            if (ex.replay is not None and ex.handed and taken is not None
+                    and ex.ring_seq > taken and not self._stopping):
                 retry.append(ex)
             else:
                 ex._fail(WorkerLost(f"worker {w.pid} died ({status})", w.pid, status))
         w.in_flight.clear()
+        for old in self._workers:
+            if old.replacement is w:
+                old.replacement = None  # the next worker started takes its place
         try:
             w.pump.close()
         finally:
             w.region.close()
             self._workers.remove(w)
         for ex in retry:
-            task = asyncio.ensure_future(self._redispatch(ex))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._retry(ex)
         decision = self.config.restart.exited(time.monotonic(), w.process.age, cause, was_ready)
         if decision.halt:
             log.critical("worker %d failed to boot (%s): giving up", w.index, status)
@@ -784,6 +817,13 @@ class Pool:
                       "%.1fs", decision.delay)
         self._reconcile(decision.delay)
         self._dispatch_queue()
+
+    def _retry(self, ex: Exchange) -> None:
+        """Hand ``ex`` to another worker in the background."""
+        ex.handed = False
+        task = asyncio.ensure_future(self._redispatch(ex))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _redispatch(self, ex: Exchange) -> None:
         if ex.timer is not None:
@@ -799,7 +839,9 @@ class Pool:
         except ZeusError as exc:
             ex._fail(exc)
 
-    def _classify(self, w: WorkerHandle, rc: int | None) -> tuple[ExitCause, str]:
+    def _classify(
+        self, w: WorkerHandle, rc: int | None, cpu: float | None
+    ) -> tuple[ExitCause, str]:
         limits = self.config.limits
         if w.kill_cause is not None and w.kill_cause is not ExitCause.STOPPED:
             return w.kill_cause, w.retire_reason or ""
@@ -809,10 +851,11 @@ class Pool:
             return ExitCause.LIMIT, "memory limit (address space) reached"
         if w.process.oom_killed():
             return ExitCause.LIMIT, "memory limit (cgroup memory.max) reached"
-        if rc is not None and limits.cpu_seconds and rc in (-signal.SIGXCPU, -signal.SIGKILL):
-            cpu = w.process.cpu_seconds()
-            if rc == -signal.SIGXCPU or (cpu is not None and cpu >= limits.cpu_seconds):
-                return ExitCause.LIMIT, f"CPU time limit ({limits.cpu_seconds}s) reached"
+        if limits.cpu_seconds and (
+            rc == -signal.SIGXCPU
+            or (rc == -signal.SIGKILL and cpu is not None and cpu >= limits.cpu_seconds)
+        ):
+            return ExitCause.LIMIT, f"CPU time limit ({limits.cpu_seconds}s) reached"
         if w.kill_cause is ExitCause.STOPPED:
             return ExitCause.STOPPED, ""
         return ExitCause.CRASH, ""
@@ -821,11 +864,7 @@ class Pool:
         """Start workers until the active ones (plus those about to start) reach the target."""
         if not self._running or self._stopping or (self._halted and self._halted.done()):
             return
-        active = sum(
-            1 for w in self._workers
-            if w.state in (WState.STARTING, WState.READY) and w.retire_reason is None
-        )
-        missing = self._target - active - self._pending_spawns
+        missing = self._missing() - self._pending_spawns
         for _ in range(max(0, missing)):
             self._pending_spawns += 1
             asyncio.get_running_loop().call_later(delay, self._delayed_spawn)
@@ -834,12 +873,21 @@ class Pool:
         self._pending_spawns -= 1
         if not self._running or self._stopping:
             return
+        if self._missing() > 0:
+            self._spawn()
+
+    def _missing(self) -> int:
+        """Workers to start: below target, plus retiring workers whose replacement died."""
         active = sum(
             1 for w in self._workers
             if w.state in (WState.STARTING, WState.READY) and w.retire_reason is None
         )
-        if active < self._target:
-            self._spawn()
+        orphaned = sum(
+            1 for w in self._workers
+            if w.retire_reason and w.retire_reason != "scale down" and w.replacement is None
+            and w.state is WState.READY
+        )
+        return self._target - active + orphaned
 
     def _halt(self, exc: BaseException) -> None:
         if self._halted is not None and not self._halted.done():

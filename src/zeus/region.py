@@ -195,8 +195,9 @@ class Region:
         """
         if self._closed:
             return
-        self._closed = True
+        # BufferError if another thread is blocked on this region: close after it returns.
         self.memory.release()
+        self._closed = True
         self.view.release()
         # With views still exported, the mapping is freed with the last of them.
         with contextlib.suppress(BufferError):

@@ -69,8 +69,20 @@ class _Request:
     """One parsed (or being parsed) request and its buffered body."""
 
     __slots__ = (
-        "body", "body_bytes", "complete", "content_length", "expect_continue", "has_te",
-        "header_bytes", "headers", "keep_alive", "method", "started", "url", "version",
+        "body",
+        "body_bytes",
+        "complete",
+        "content_length",
+        "expect_continue",
+        "has_te",
+        "header_bytes",
+        "headers",
+        "keep_alive",
+        "method",
+        "received",
+        "started",
+        "url",
+        "version",
         "waiter",
     )
 
@@ -85,7 +97,8 @@ class _Request:
         self.has_te = False
         self.expect_continue = False
         self.body: deque[bytes] = deque()
-        self.body_bytes = 0
+        self.body_bytes = 0  # buffered in the front now
+        self.received = 0  # received in all (the body limit)
         self.complete = False
         self.waiter: asyncio.Future[None] | None = None
         self.started = time.monotonic()
@@ -117,6 +130,9 @@ class HttpProtocol(asyncio.Protocol):
         self.local: tuple[str, int] | None = None
         self.exchange_cancel: Callable[[], None] | None = None
         self.requests = 0
+        self.rejected: _Reject | None = None  # httptools wraps what callbacks raise
+        self.response_started = False
+        self.eof = False
 
     # ------------------------------------------------------------- transport
 
@@ -154,9 +170,15 @@ class HttpProtocol(asyncio.Protocol):
             self.drain_waiter.set_result(None)
 
     def eof_received(self) -> bool | None:
-        # Half-close: answer what was asked, then close.
-        if not self.queue and self.parsing is None:
-            self._close()
+        """The client half-closed: answer the complete requests, then close."""
+        self.eof = True
+        if self.queue and not self.queue[0].complete:
+            self._abandon_current()  # its body will never come
+            return True
+        if not self.queue:
+            self._close()  # idle, or in the middle of a head that will never end
+        else:
+            self.parsing = None
         return True
 
     # --------------------------------------------------------------- parsing
@@ -166,14 +188,21 @@ class HttpProtocol(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except _Reject as rej:
-            self._reject(rej.status, rej.detail)
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
-        except httptools.HttpParserError as exc:
-            self._reject(400, _parser_detail(exc))
+        except (httptools.HttpParserError, _Reject) as exc:
+            rej = self.rejected
+            if rej is not None:
+                self._reject(rej.status, rej.detail)
+            else:
+                self._reject(400, _parser_detail(exc))
         if self.parsing is not None and self.parsing.body_bytes > self.limits.read_high_water:
             self._pause_reading()
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Refuse the request being parsed (raised through httptools, which wraps it)."""
+        self.rejected = _Reject(status, detail)
+        raise self.rejected
 
     def on_message_begin(self) -> None:
         req = _Request()
@@ -186,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
         assert req is not None
         req.url += url
         if len(req.url) > self.limits.max_request_line:
-            raise _Reject(414, f"request target over {self.limits.max_request_line} bytes")
+            self._refuse(414, f"request target over {self.limits.max_request_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
@@ -195,21 +224,26 @@ class HttpProtocol(asyncio.Protocol):
         size = len(name) + len(value)
         req.header_bytes += size
         if len(req.headers) >= lim.max_headers:
-            raise _Reject(431, f"more than {lim.max_headers} header fields")
+            self._refuse(431, f"more than {lim.max_headers} header fields")
         if size > lim.max_header_size or req.header_bytes > lim.max_headers_total:
-            raise _Reject(431, "header fields too large")
+            self._refuse(431, "header fields too large")
         lname = name.lower()
         if lname == b"content-length":
             try:
                 n = int(value)
             except ValueError:
-                raise _Reject(400, "invalid Content-Length") from None
+                self._refuse(400, "invalid Content-Length")
             if n < 0 or not value.strip().isdigit():
-                raise _Reject(400, "invalid Content-Length")
+                self._refuse(400, "invalid Content-Length")
             if req.content_length is not None and req.content_length != n:
-                raise _Reject(400, "conflicting Content-Length headers")
+                self._refuse(400, "conflicting Content-Length headers")
             req.content_length = n
         elif lname == b"transfer-encoding":
+            if req.has_te or value.strip().lower() != b"chunked":
+                # Only a single "chunked" is understood; anything else could be read
+                # differently by another hop (RFC 9112 §6.1): refuse rather than guess.
+                self._refuse(501 if b"chunked" not in value.lower() else 400,
+                             "unsupported Transfer-Encoding")
             req.has_te = True
         elif lname == b"expect" and value.lower() == b"100-continue":
             req.expect_continue = True
@@ -219,19 +253,21 @@ class HttpProtocol(asyncio.Protocol):
         req = self.parsing
         assert req is not None
         if req.has_te and req.content_length is not None:
-            raise _Reject(400, "Content-Length with Transfer-Encoding")
+            self._refuse(400, "Content-Length with Transfer-Encoding")
         lim = self.limits
         if lim.max_body and req.content_length is not None and req.content_length > lim.max_body:
-            raise _Reject(413, f"body over {lim.max_body} bytes")
+            self._refuse(413, f"body over {lim.max_body} bytes")
         parser = self.parser
         req.method = parser.get_method()
         req.version = parser.get_http_version()
         req.keep_alive = bool(parser.should_keep_alive())
         if req.version not in ("1.1", "1.0"):
-            raise _Reject(505 if req.version.startswith(("2", "3")) else 400, "bad HTTP version")
+            self._refuse(505 if req.version.startswith(("2", "3")) else 400, "bad HTTP version")
         self.queue.append(req)
         if len(self.queue) == 1:
             self._disarm()
+            if req.has_te or req.content_length:
+                self._arm(lim.body_timeout, self._body_timeout)
             self._start_next()
         elif len(self.queue) > lim.max_pipeline:
             self._pause_reading()
@@ -241,9 +277,10 @@ class HttpProtocol(asyncio.Protocol):
         assert req is not None
         req.body.append(body)
         req.body_bytes += len(body)
+        req.received += len(body)
         lim = self.limits
-        if lim.max_body and req.body_bytes > lim.max_body:
-            raise _Reject(413, f"body over {lim.max_body} bytes")
+        if lim.max_body and req.received > lim.max_body:
+            self._refuse(413, f"body over {lim.max_body} bytes")
         if self.queue and req is self.queue[0]:
             self._arm(lim.body_timeout, self._body_timeout)
         req.wake()
@@ -266,6 +303,7 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _serve(self, req: _Request) -> None:
         keep = False
+        self.response_started = False
         try:
             keep = await self._answer(req)
         except asyncio.CancelledError:
@@ -281,7 +319,7 @@ class HttpProtocol(asyncio.Protocol):
         self.requests += 1
         if self.queue and self.queue[0] is req:
             self.queue.popleft()
-        if not keep or not req.complete or self.server.draining:
+        if not keep or not req.complete or self.server.draining or (self.eof and not self.queue):
             self._close()
             return
         self._resume_reading()
@@ -363,6 +401,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.writelines(out)
+        self.response_started = True
         sent = 0
         try:
             while True:
@@ -468,19 +507,34 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.write(self.server.error_response(status, detail, close=close))
 
     def _reject(self, status: int, detail: str) -> None:
-        """Answer a request the front refuses (if nothing is being answered) and close."""
+        """Answer a request the front refuses and close the connection."""
+        self.rejected = None
         if self.closing:
             return
         if self.task is None or self.task.done():
             self._write_error(status, detail, close=True)
             self._close()
+        elif not self.queue[0].complete:
+            # The request being answered is the broken one (its body): give it up.
+            self._abandon_current(status, detail)
         else:
-            # A response is in progress: finish it, then close instead of reading on.
-            self.queue.clear()
+            # A later pipelined request is broken: finish the current one, then close.
+            while len(self.queue) > 1:
+                self.queue.pop()
             self.parsing = None
             self._pause_reading()
-            if self.task is not None:
-                self.task.add_done_callback(lambda _: self._close())
+            self.task.add_done_callback(lambda _: self._close())
+
+    def _abandon_current(self, status: int = 400, detail: str = "") -> None:
+        """Cancel the request being answered (its body cannot complete) and close."""
+        if self.exchange_cancel is not None:
+            self.exchange_cancel()
+            self.exchange_cancel = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if not self.response_started:
+            self._write_error(status, detail or "request body incomplete", close=True)
+        self._close()
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None and not self.closing:
@@ -537,8 +591,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _body_timeout(self) -> None:
         self.timer = None
-        self._write_error(408, "request body not received in time")
-        self._abort()
+        if self.queue and not self.queue[0].complete:
+            self._abandon_current(408, "request body not received in time")
 
 
 def _parser_detail(exc: Exception) -> str:

@@ -7,8 +7,10 @@ early death (one within ``min_uptime`` seconds of its start) and resets once a w
 longer than that.  More than ``crash_loop_max`` early deaths within ``crash_loop_window`` seconds
 is a crash loop: logged, and the back-off stays at its maximum.  A worker that exits with
 WorkerExit.BOOT_FAILURE before it was ever ready means the application cannot even be imported:
-if no worker of this generation has ever become ready, the supervisor halts (gunicorn's
-"Worker failed to boot", with its own exit code), since restarting cannot help.
+if no worker has ever become ready, the supervisor halts (gunicorn's "Worker failed to boot",
+with its own exit code), since restarting cannot help.  After a reload into code that does not
+boot, the old workers keep serving (they retire only once a replacement is ready) and the new
+ones back off as a crash loop: an operator's mistake must not take a running site down.
 
 *Recycle.*  A worker is retired after ``max_requests`` requests (plus a per-worker random
 jitter in ``[0, max_requests_jitter]`` so the workers do not all restart together), after
