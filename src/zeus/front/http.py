@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -133,6 +134,7 @@ class HttpProtocol(asyncio.Protocol):
         self.rejected: _Reject | None = None  # httptools wraps what callbacks raise
         self.response_started = False
         self.eof = False
+        self.fd = -1  # the socket, for writes straight from shared memory
 
     # ------------------------------------------------------------- transport
 
@@ -143,6 +145,8 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        sock_obj = transport.get_extra_info("socket")
+        self.fd = sock_obj.fileno() if sock_obj is not None else -1
         self.local = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
         self.server.connections.add(self)
         self._arm(self.limits.keepalive_timeout, self._idle_timeout)
@@ -240,10 +244,9 @@ class HttpProtocol(asyncio.Protocol):
             req.content_length = n
         elif lname == b"transfer-encoding":
             if req.has_te or value.strip().lower() != b"chunked":
-                # Only a single "chunked" is understood; anything else could be read
-                # differently by another hop (RFC 9112 §6.1): refuse rather than guess.
-                self._refuse(501 if b"chunked" not in value.lower() else 400,
-                             "unsupported Transfer-Encoding")
+                # Only a single "chunked" is understood.  A request whose final coding is
+                # not chunked has no reliable length: 400 and close (RFC 9112 §6.3).
+                self._refuse(400, "unsupported Transfer-Encoding")
             req.has_te = True
         elif lname == b"expect" and value.lower() == b"100-continue":
             req.expect_continue = True
@@ -400,7 +403,7 @@ class HttpProtocol(asyncio.Protocol):
         out.append(b"connection: keep-alive\r\n\r\n" if keep else b"connection: close\r\n\r\n")
         transport = self.transport
         assert transport is not None
-        transport.writelines(out)
+        pending: bytes | None = b"".join(out)  # the head goes out with the first body bytes
         self.response_started = True
         sent = 0
         try:
@@ -417,22 +420,20 @@ class HttpProtocol(asyncio.Protocol):
                         keep = False  # the application sent more than it announced
                         data = data[: length - sent]
                         n = data.nbytes
-                    if chunked:
-                        transport.write(b"%x\r\n" % n)
-                    await self._write(data)
-                    if chunked:
-                        transport.write(b"\r\n")
+                    await self._write(pending, data, chunked)
+                    pending = None
                     sent += n
                 finally:
-                    chunk.release()
+                    chunk.release()  # safe: _write never leaves arena bytes queued
         except (WorkerLost, ZeusError) as exc:
             log.warning("response to %s %s cut short: %s", req.method.decode("latin-1"),
                         bytes(req.url[:200]).decode("latin-1"), exc)
             self._abort()
             return False
-        if chunked:
-            transport.write(b"0\r\n\r\n")
-        elif length is not None and sent < length and not no_body:
+        tail = b"0\r\n\r\n" if chunked else b""
+        if pending is not None or tail:
+            transport.write((pending or b"") + tail)
+        if not chunked and length is not None and sent < length and not no_body:
             keep = False  # announced more than it sent: the client would wait forever
             self._abort()
         if forward is not None and not forward.done():
@@ -441,21 +442,61 @@ class HttpProtocol(asyncio.Protocol):
         self._access(req, status, sent, started)
         return keep
 
-    async def _write(self, data: memoryview) -> None:
-        """Write arena bytes to the socket in pieces, waiting while the client is slow."""
-        transport = self.transport
-        assert transport is not None
+    async def _write(self, head: bytes | None, data: memoryview, chunked: bool) -> None:
+        """Write arena bytes to the socket, in pieces, waiting while the client is slow.
+
+        The bytes go out with ``writev`` straight from shared memory whenever the transport
+        has nothing queued; only a tail the socket did not take is copied into the
+        transport's buffer.  So no reference into the arena outlives this call, and the
+        caller may release the chunk at once (the transport would otherwise keep a view of
+        bytes the worker may overwrite).
+        """
         n = data.nbytes
         pos = 0
+        first = True
         while pos < n:
             if self.closing:
                 raise asyncio.CancelledError
-            transport.write(data[pos : pos + _WRITE_PIECE])
+            piece = data[pos : pos + _WRITE_PIECE]
+            parts: list[bytes | memoryview] = []
+            if first and head is not None:
+                parts.append(head)
+            if first and chunked:
+                parts.append(b"%x\r\n" % n)
+            parts.append(piece)
             pos += _WRITE_PIECE
+            if pos >= n and chunked:
+                parts.append(b"\r\n")
+            first = False
+            self._send(parts)
             if self.write_paused:
                 self.drain_waiter = self.loop.create_future()
                 await self.drain_waiter
                 self.drain_waiter = None
+
+    def _send(self, parts: list[bytes | memoryview]) -> None:
+        """Send now what the socket takes; hand an owned copy of the rest to the transport."""
+        transport = self.transport
+        assert transport is not None
+        sent = 0
+        if self.fd >= 0 and transport.get_write_buffer_size() == 0:
+            try:
+                sent = os.writev(self.fd, parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._abort()
+                raise asyncio.CancelledError from None
+        rest: list[bytes] = []
+        for part in parts:
+            size = len(part) if isinstance(part, bytes) else part.nbytes
+            if sent >= size:
+                sent -= size
+                continue
+            rest.append(bytes(part[sent:]))
+            sent = 0
+        if rest:
+            transport.writelines(rest)
 
     async def _forward_body(
         self, req: _Request, send: Callable[..., object]
@@ -553,6 +594,9 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self) -> None:
+        if self.exchange_cancel is not None:  # the client is gone: so is its request
+            self.exchange_cancel()
+            self.exchange_cancel = None
         if self.transport is not None:
             self.closing = True
             self._disarm()
