@@ -1,0 +1,1 @@
+"""Cross-process tests: real processes on both ends of real channel regions."""
