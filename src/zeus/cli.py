@@ -78,6 +78,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=_positive_int, default=None,
                    help="requests in flight per worker (default 1; 64 for ASGI apps)")
     g.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on listeners")
+    g.add_argument("--spin-ns", type=int, default=None,
+                   help="how long an idle worker spins before sleeping, in ns (default: 40000 "
+                        "when there is a spare core, else 0)")
     g.add_argument("--backlog", type=_positive_int, default=2048, help="listen backlog")
     t = p.add_argument_group("timeouts")
     t.add_argument("-t", "--timeout", type=_seconds, default=30.0,
@@ -194,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         timeout=args.timeout,
         graceful_timeout=args.graceful_timeout,
         region_size=args.region_size,
+        spin_ns=args.spin_ns,
         recycle=RecyclePolicy(
             max_requests=args.max_requests,
             max_requests_jitter=args.max_requests_jitter,

@@ -40,6 +40,7 @@ from typing import Final
 from zeus.channel import Channel, Message
 from zeus.core.codec import Headers, RequestHead, decode_request_head, encode_response_head
 from zeus.core.layout import Flag, Kind
+from zeus.core.spin import SpinPolicy
 from zeus.errors import PeerBrokenError, PeerLostError, RegionMismatchError, ZeusError
 from zeus.exitcodes import WorkerExit
 from zeus.region import Region
@@ -47,6 +48,7 @@ from zeus.region import Region
 log = logging.getLogger("zeus.worker")
 
 HEARTBEAT_INTERVAL: Final = 1.0
+ENV_SPIN_NS: Final = "ZEUS_SPIN_NS"
 
 
 class ClientDisconnected(ZeusError):
@@ -293,7 +295,9 @@ class Worker:
         except RegionMismatchError as exc:
             print(f"zeus worker: {exc}", file=sys.stderr)
             raise SystemExit(WorkerExit.NOT_UNDER_ZEUS) from None
-        return cls(Channel(region))
+        spin = os.environ.get(ENV_SPIN_NS)  # the supervisor's choice for this machine
+        policy = SpinPolicy(max_ns=int(spin)) if spin and spin.isdigit() else None
+        return cls(Channel(region, spin=policy))
 
     # ----------------------------------------------------------------- plumbing
 
