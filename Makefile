@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NATIVE := src/zeus/_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 
-.PHONY: all install native run test unit lint typecheck check bench clean
+.PHONY: all install native run test unit lint typecheck check bench bench-http clean
 
 all: install
 
@@ -38,8 +38,12 @@ check: lint typecheck
 test: check
 	$(BIN)/python -m pytest -q
 
+## bench: the channel against Pipe/socketpair/memcpy; bench-http: Zeus against its peers (wrk)
 bench: install
 	$(BIN)/python bench/ipc.py
+
+bench-http: install
+	$(BIN)/python bench/http.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/zeus/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -22,7 +22,7 @@ A peer obeys a two-command protocol on its own transport: a 16-byte command ``(o
 then
 
 * ``ECHO``: echo every message until a 1-byte one (echoed too).  The Zeus peer echoes in
-  place: ``reserve(n)``, one copy from the request arena into the response arena, ``commit``.
+  place: ``send(msg.data)``, one copy from the request arena into the response arena, in C.
 * ``SINK arg``: receive messages until ``arg`` bytes have arrived, then send an 8-byte ack.
   The Zeus peer only looks at ``len(msg.data)`` and releases it (zero-copy: the bytes stay in
   the arena); Pipe and socketpair must copy out of the kernel, into a preallocated buffer.
@@ -469,18 +469,19 @@ def die_with_parent(parent: int) -> None:
 def serve_zeus(spin: SpinPolicy | None) -> None:
     region = Region.from_environment()
     with region, Channel(region, spin=spin) as ch:
-        recv, reserve = ch.recv, ch.reserve
+        recv = ch.recv
         while True:
             with recv(timeout=PEER_LIFETIME_S) as cmd:
                 op, arg = CMD.unpack(cmd.data)
             if op == OP_ECHO:
+                send = ch.send
                 while True:
                     msg = recv(timeout=PEER_LIFETIME_S)
-                    n = len(msg.data)
-                    out = reserve(n, timeout=PEER_LIFETIME_S)
-                    out.buffer[:] = msg.data
+                    data = msg.data
+                    n = len(data)
+                    # One copy, arena to arena, inside the C extension (no Python buffer).
+                    send(msg.id, data, flags=msg.flags, timeout=PEER_LIFETIME_S)
                     msg.release()
-                    out.commit(msg.id, flags=msg.flags)
                     if n == len(STOP):
                         break
             elif op == OP_SINK:
