@@ -374,7 +374,7 @@ class HttpProtocol(asyncio.Protocol):
         status = resp.status
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
         length: int | None = None
-        has_server = False
+        has_server = has_date = False
         for name, value in resp.headers:
             if name in _HOP_BY_HOP:
                 if name == b"connection" and b"close" in value.lower():
@@ -388,6 +388,8 @@ class HttpProtocol(asyncio.Protocol):
                     continue
             elif name == b"server":
                 has_server = True
+            elif name == b"date":
+                has_date = True
             out.append(name + b": " + value + b"\r\n")
         no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         chunked = False
@@ -399,7 +401,8 @@ class HttpProtocol(asyncio.Protocol):
                 keep = False
         if not has_server:
             out.append(b"server: zeus\r\n")
-        out.append(self.server.date_header)
+        if not has_date:
+            out.append(self.server.date_header)
         out.append(b"connection: keep-alive\r\n\r\n" if keep else b"connection: close\r\n\r\n")
         transport = self.transport
         assert transport is not None

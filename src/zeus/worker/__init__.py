@@ -467,7 +467,14 @@ class Worker:
         body = resp.body
         head = encode_response_head(resp.status, resp.headers)
         if isinstance(body, bytes | bytearray | memoryview):
-            if not any(k == b"content-length" for k, _ in resp.headers):
+            if (
+                resp.status >= 200
+                and resp.status not in (204, 304)
+                # HEAD with an empty body: the app (e.g. werkzeug) left the body out, so its
+                # length is unknown; with a body, the handler computed it like a GET.
+                and (req.method != "HEAD" or len(body))
+                and not any(k == b"content-length" for k, _ in resp.headers)
+            ):
                 n = memoryview(body).nbytes
                 head = encode_response_head(
                     resp.status, [*resp.headers, (b"content-length", str(n).encode())]
