@@ -69,3 +69,31 @@ def detect(app: Any) -> Interface:
     if len(params) == 2:
         return Interface.WSGI
     return Interface.NATIVE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zeus.app module:app``: print the interface, or one error line (exit 4).
+
+    The ``zeus`` command runs this in a child process so that checking an application never
+    runs application code in the front (imports can have side effects: Django sets TZ).
+    """
+    import traceback
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m zeus.app module:app", file=sys.stderr)
+        return 2
+    try:
+        print(detect(load(args[0])).value)
+    except AppLoadError as exc:
+        print(exc, file=sys.stderr)
+        return 4
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"importing {args[0]!r} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

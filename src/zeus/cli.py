@@ -10,11 +10,12 @@ import argparse
 import logging
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from zeus.app import AppLoadError, Interface, detect, load
+from zeus.app import Interface
 from zeus.errors import ConfigError
 from zeus.exitcodes import ServerExit
 from zeus.front.limits import HttpLimits
@@ -158,6 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _detect(app: str, env: dict[str, str], cwd: str) -> Interface:
+    """Import ``app`` in a child process (never in the front) and learn its interface, so a
+    typo is a one-line error here rather than a crash loop of workers."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "zeus.app", app], env=env, cwd=cwd, capture_output=True,
+            text=True, timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"importing {app!r} took over 120 s") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"cannot load {app!r}"]
+        raise ConfigError(lines[-1])
+    return Interface(proc.stdout.strip().splitlines()[-1])
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """Turn parsed options into a ServeConfig; ConfigError on an invalid combination."""
     env = dict(os.environ)
@@ -169,17 +186,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             except OSError as exc:
                 raise ConfigError(f"--chdir {args.chdir}: {exc.strerror}") from None
             cwd = os.getcwd()
-        # Check that the app loads here, so a typo is a one-line error and not a crash loop.
-        sys.path.insert(0, cwd)
-        try:
-            app = load(args.app)
-        except AppLoadError as exc:
-            raise ConfigError(str(exc)) from None
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
+        detected = _detect(args.app, env, cwd)  # also checks that it imports at all
         interface = Interface(args.interface)
         if interface is Interface.AUTO:
-            interface = detect(app)
+            interface = detected
         argv = worker_argv(args.app, interface.value)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
         concurrency = args.concurrency or (64 if interface is Interface.ASGI else 1)
     else:
         cmd = list(args.cmd)
