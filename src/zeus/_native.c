@@ -1357,11 +1357,14 @@ static PyTypeObject MessageType = {
 /* refresh() -> (peer_head, peer_tail, peer_freed, changed): reload, check and cache the
    peer's three progress words; `changed` tells whether any moved since last seen (then the
    caller must retry before sleeping: the news is already here). */
-static PyObject *
-Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
+/* Reload, check and cache the peer's three progress words.  *moved gets bit 0 if the head
+   moved (news for a receiver), bit 1 if the tail or the release position moved (news for a
+   sender).  0 on success, -1 with PeerBrokenError set. */
+static int
+do_refresh(Endpoint *self, uint64_t *hp, uint64_t *tp, uint64_t *fp, int *moved)
 {
     if (!usable(self))
-        return NULL;
+        return -1;
     char *base = self->map->base;
     uint64_t h = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_head_word),
                                       memory_order_acquire);
@@ -1370,22 +1373,52 @@ Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
     uint64_t f = atomic_load_explicit((_Atomic uint64_t *)(base + self->peer_freed_word),
                                       memory_order_acquire);
     if (h < self->in_head_cache || h - self->in_tail > self->slots)
-        return broken(self, "ring head %llu outside [%llu, %llu]", (unsigned long long)h,
-                      (unsigned long long)self->in_head_cache,
-                      (unsigned long long)(self->in_tail + self->slots));
+        return broken_i(self, "ring head %llu outside [%llu, %llu]", (unsigned long long)h,
+                        (unsigned long long)self->in_head_cache,
+                        (unsigned long long)(self->in_tail + self->slots));
     if (t < self->out_tail_cache || t > self->out_head)
-        return broken(self, "ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
-                      (unsigned long long)self->out_tail_cache, (unsigned long long)self->out_head);
+        return broken_i(self, "ring tail %llu outside [%llu, %llu]", (unsigned long long)t,
+                        (unsigned long long)self->out_tail_cache,
+                        (unsigned long long)self->out_head);
     if (f < self->a_freed || f > self->a_head)
-        return broken(self, "arena release position %llu outside [%llu, %llu]",
-                      (unsigned long long)f, (unsigned long long)self->a_freed,
-                      (unsigned long long)self->a_head);
-    int changed = h != self->in_head_cache || t != self->out_tail_cache || f != self->a_freed;
+        return broken_i(self, "arena release position %llu outside [%llu, %llu]",
+                        (unsigned long long)f, (unsigned long long)self->a_freed,
+                        (unsigned long long)self->a_head);
+    *moved = (h != self->in_head_cache) | ((t != self->out_tail_cache || f != self->a_freed) << 1);
     self->in_head_cache = h;
     self->out_tail_cache = t;
     self->a_freed = f;
+    *hp = h;
+    *tp = t;
+    *fp = f;
+    return 0;
+}
+
+/* refresh() -> (peer_head, peer_tail, peer_freed, changed): reload, check and cache the
+   peer's three progress words; `changed` tells whether any moved since last seen (then the
+   caller must retry before sleeping: the news is already here). */
+static PyObject *
+Endpoint_refresh(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t h, t, f;
+    int moved;
+    if (do_refresh(self, &h, &t, &f, &moved) < 0)
+        return NULL;
     return Py_BuildValue("(KKKO)", (unsigned long long)h, (unsigned long long)t,
-                         (unsigned long long)f, changed ? Py_True : Py_False);
+                         (unsigned long long)f, moved ? Py_True : Py_False);
+}
+
+/* refresh_moved() -> (peer_head, peer_tail, peer_freed, moved): as refresh(), with `moved`
+   bit 0 = the head moved (messages), bit 1 = the tail or release position moved (space). */
+static PyObject *
+Endpoint_refresh_moved(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t h, t, f;
+    int moved;
+    if (do_refresh(self, &h, &t, &f, &moved) < 0)
+        return NULL;
+    return Py_BuildValue("(KKKi)", (unsigned long long)h, (unsigned long long)t,
+                         (unsigned long long)f, moved);
 }
 
 /* wake_peer(): wake the peer unconditionally (after publishing CLOSED): bump its wake word,
@@ -1451,6 +1484,8 @@ static PyMethodDef Endpoint_methods[] = {
     {"refresh", (PyCFunction)Endpoint_refresh, METH_NOARGS,
      "Reload and check the peer's head, tail and release position: (head, tail, freed, "
      "changed)."},
+    {"refresh_moved", (PyCFunction)Endpoint_refresh_moved, METH_NOARGS,
+     "As refresh(), with a bit mask: 1 the head moved, 2 the tail or release position."},
     {"state", (PyCFunction)Endpoint_state, METH_NOARGS, "Local counters as a dict."},
     {"wake_peer", (PyCFunction)Endpoint_wake_peer, METH_NOARGS,
      "Wake the peer unconditionally (futex and doorbell)."},

@@ -368,18 +368,23 @@ class Channel:
         after the re-check sees the announcement and wakes us.
         """
         m = self._m
-        head, tail, freed, changed = self._ep.refresh()
-        if changed or m.load_u32(self._peer_state) == State.CLOSED:
-            return None  # the caller's view is stale: let it look again first
+        head, tail, freed, moved = self._ep.refresh_moved()
+        # News the caller waits for is already here: let it look again first.  (News it does
+        # not wait for -- say, space, for a receiver -- is no reason to stay awake.)
+        if moved & ((1 if want & WANT_DATA else 0) | (2 if want & WANT_SPACE else 0)):
+            return None
+        if m.load_u32(self._peer_state) == State.CLOSED:
+            return None
         seq = m.load_u32(self._wake_word)
         self._epoch = (self._epoch + _EPOCH) & 0xFFFFFFF0
         word = self._epoch | _ASLEEP | want | (_DOORBELL if doorbell else 0)
         m.store_u32(self._sleep_word, word)
         _native.fence()
         if (
-            m.load_u64(self._peer_head) != head
-            or m.load_u64(self._peer_tail) != tail
-            or m.load_u64(self._peer_freed) != freed
+            (want & WANT_DATA and m.load_u64(self._peer_head) != head)
+            or (want & WANT_SPACE and (
+                m.load_u64(self._peer_tail) != tail or m.load_u64(self._peer_freed) != freed
+            ))
             or m.load_u32(self._peer_state) == State.CLOSED
         ):
             self.finish_sleep()
