@@ -199,9 +199,12 @@ class Region:
         self.memory.release()
         self._closed = True
         self.view.release()
-        # With views still exported, the mapping is freed with the last of them.
+        # With views still exported (a message the application still holds), the mapping
+        # and the descriptor mmap keeps go with the last of them: drop our reference so that
+        # nothing but those views keeps it alive.
         with contextlib.suppress(BufferError):
             self.mm.close()
+        del self.mm
         for d in (self.fd, self.doorbell_fd, self.worker_doorbell_fd):
             if d is not None:
                 os.close(d)

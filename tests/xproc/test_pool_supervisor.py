@@ -456,13 +456,6 @@ def region_traces(name: str) -> list[str]:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="region.py Region.close: when a body chunk is still unread, mm.close() raises "
-    "BufferError (suppressed) and the mmap -- with the descriptor mmap dup()ed -- stays "
-    "until the Region object is collected; the pool holds it in a cycle (WorkerHandle -> "
-    "ChannelPump -> on_message lambda -> WorkerHandle), so only the cyclic GC frees it",
-)
 def test_a_dead_workers_region_is_unmapped_once_its_last_chunk_is_released() -> None:
     left: list[str] = []
 
