@@ -153,6 +153,7 @@ class Exchange:
         self.worker: WorkerHandle | None = None
         self.ring_seq = 0  # the worker's request-ring position just after our head was sent
         self.handed = False  # head and body are all in the worker's ring
+        self.resend = False  # its worker died before taking it while it was being sent
         loop = pool.loop  # (get_running_loop costs a getpid() call on Python 3.11)
         self._head: asyncio.Future[ResponseHead] = loop.create_future()
         self._head_buf = bytearray()
@@ -572,6 +573,19 @@ class Pool:
                 await w.pump.send(ex.id, body, Kind.REQUEST_BODY, Flag.END)
             ex.handed = not streaming
         except (PeerLostError, PeerBrokenError) as exc:
+            if ex.resend and ex._error is None:
+                # The worker died before taking this request: send it to another one.
+                ex.resend = False
+                if ex.timer is not None:
+                    ex.timer.cancel()
+                    ex.timer = None
+                other = self._pick(ex)
+                if other is None:
+                    other = await self._enqueue(ex)
+                else:
+                    self._assign(ex, other)
+                await self._send_request(ex, other, streaming)
+                return
             if ex._error is not None:
                 raise ex._error from exc
             raise w.lost_error() from exc
@@ -803,11 +817,13 @@ class Pool:
         taken = w.channel.peer_consumed() if not w.channel.closed else None
         retry: list[Exchange] = []
         for ex in list(w.in_flight.values()):
-            if (ex.replay is not None and ex.handed and taken is not None
-                    and ex.ring_seq > taken and not self._stopping):
+            untaken = taken is not None and (ex.ring_seq == 0 or ex.ring_seq > taken)
+            if ex.replay is None or not untaken or self._stopping:
+                ex._fail(WorkerLost(f"worker {w.pid} died ({status})", w.pid, status))
+            elif ex.handed:
                 retry.append(ex)
             else:
-                ex._fail(WorkerLost(f"worker {w.pid} died ({status})", w.pid, status))
+                ex.resend = True  # its sender is blocked on this worker: it will resend
         w.in_flight.clear()
         for old in self._workers:
             if old.replacement is w:

@@ -384,13 +384,6 @@ def test_requests_a_dead_worker_never_took_from_its_ring_are_retried_elsewhere(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="pool.py _send_request: when the worker dies while a queued request's body is "
-    "still being sent, _on_exit schedules a retry (never taken from the ring) but the "
-    "blocked send raises w.lost_error() to the caller of submit(): the caller gets "
-    "WorkerLost while the retry runs on another worker, its answer discarded",
-)
 def test_a_queued_request_whose_body_was_still_being_sent_is_retried_not_failed(
     tmp_path: Path,
 ) -> None:
