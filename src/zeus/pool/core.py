@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import itertools
 import logging
 import os
 import random
@@ -46,306 +44,31 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
-from zeus.aiochannel import ChannelPump
-from zeus.channel import Channel, Message
-from zeus.core.codec import RequestHead, ResponseHead, decode_response_head, encode_request_head
-from zeus.core.layout import DEFAULT_REGION_SIZE, DEFAULT_SLOTS, Flag, Kind, State, Word
-from zeus.core.spin import SpinPolicy
+from zeus.channel import Message
+from zeus.core.codec import RequestHead, decode_response_head, encode_request_head
+from zeus.core.layout import Flag, Kind, State, Word
 from zeus.errors import PeerBrokenError, PeerLostError, ZeusError
 from zeus.exitcodes import WorkerExit
-from zeus.region import Region
+from zeus.pool.config import PoolConfig, PoolStatistics, WorkerStatistics
+from zeus.pool.exchange import (
+    BootFailure,
+    Exchange,
+    Overloaded,
+    RequestTimeout,
+    ResponseAborted,
+    WorkerLost,
+)
+from zeus.pool.handle import MAX_ABANDONED, WorkerHandle, WState, _BalancerView
 from zeus.supervisor.balancer import Balance, Balancer
-from zeus.supervisor.limits import CgroupMemory, Limits
-from zeus.supervisor.policy import ExitCause, RecyclePolicy, RestartPolicy
-from zeus.supervisor.process import WorkerProcess, describe_exit
+from zeus.supervisor.limits import CgroupMemory
+from zeus.supervisor.policy import ExitCause
+from zeus.supervisor.process import describe_exit
 
 log = logging.getLogger("zeus.pool")
 
 MAX_HEAD = 1 << 20  # a response head larger than this is a broken worker
-MAX_ABANDONED = 4096  # abandoned request IDs remembered per worker
-
-
-class WorkerLost(ZeusError):
-    """The worker handling a request died or broke; carries its pid and exit status."""
-
-    def __init__(self, message: str, pid: int, status: str) -> None:
-        super().__init__(message)
-        self.pid = pid
-        self.status = status
-
-
-class RequestTimeout(ZeusError):
-    """The request ran past its timeout; its worker is being replaced."""
-
-
-class Overloaded(ZeusError):
-    """No worker could take the request within the queue timeout (or the queue is full)."""
-
-
-class BootFailure(ZeusError):
-    """The application cannot boot: workers die before they ever become ready."""
-
-
-class ResponseAborted(ZeusError):
-    """The worker abandoned a response after starting it (the application failed midway)."""
-
-
-@dataclass(slots=True)
-class PoolConfig:
-    """Everything the pool needs to know; the CLI and the config file fill it."""
-
-    argv: list[str]
-    workers: int = 2
-    balance: Balance = Balance.ROUND_ROBIN
-    concurrency: int = 1
-    prefetch: int = 2  # extra complete requests queued in a worker's ring beyond concurrency
-    timeout: float = 30.0  # per request; 0 disables
-    kill_grace: float = 5.0  # TERM -> KILL for a timed-out worker
-    graceful_timeout: float = 30.0
-    queue_size: int = 1024
-    queue_timeout: float = 30.0
-    boot_timeout: float = 60.0
-    heartbeat_timeout: float = 0.0  # a busy worker whose heartbeat stalls this long is hung
-    region_size: int = DEFAULT_REGION_SIZE
-    slots: int = DEFAULT_SLOTS
-    recycle: RecyclePolicy = field(default_factory=RecyclePolicy)
-    limits: Limits = field(default_factory=Limits)
-    env: dict[str, str] = field(default_factory=dict)  # on top of the front's environment
-    cwd: str | None = None
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    tick: float = 0.5  # how often recycling, heartbeats and boot deadlines are checked
-    # How long an idle worker spins before it sleeps (ns).  None: spin only when there is a
-    # core to spare (more cores than workers + the front); spinning on an oversubscribed
-    # machine takes the core the front needs (measured: 40-90% fewer requests/s on 2 cores).
-    spin_ns: int | None = None
-
-    def worker_spin_ns(self) -> int:
-        """The spin budget workers get (through ZEUS_SPIN_NS)."""
-        if self.spin_ns is not None:
-            return self.spin_ns
-        return 40_000 if (os.cpu_count() or 1) > self.workers + 1 else 0
-
-
-class WState(enum.Enum):
-    """Lifecycle of one worker."""
-
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"  # takes no new requests; stopped once idle
-    STOPPING = "stopping"  # signalled; waiting for it to exit
-    DEAD = "dead"
-
-
-_ids = itertools.count(1)
-
-
-class Exchange:
-    """One request handed to the pool; its response comes back through here."""
-
-    def __init__(self, pool: Pool, head: RequestHead, replay: bytes | None) -> None:
-        self.id: Final = next(_ids)
-        self._pool = pool
-        self.head = head
-        self.replay = replay  # the whole body when known up front (lets a retry happen)
-        self.worker: WorkerHandle | None = None
-        self.ring_seq = 0  # the worker's request-ring position just after our head was sent
-        self.handed = False  # head and body are all in the worker's ring
-        self.resend = False  # its worker died before taking it while it was being sent
-        loop = pool.loop  # (get_running_loop costs a getpid() call on Python 3.11)
-        self._head: asyncio.Future[ResponseHead] = loop.create_future()
-        self._head_buf = bytearray()
-        self._chunks: deque[Message] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self.finished = False  # the worker sent the end of the response
-        self.timer: asyncio.TimerHandle | None = None
-        self.started = time.monotonic()
-
-    async def response(self) -> ResponseHead:
-        """Wait for the response head.  Cancelling the wait does not cancel the request."""
-        return await asyncio.shield(self._head)
-
-    async def next_chunk(self) -> Message | None:
-        """The next body chunk (release it when written), or None at the end."""
-        while True:
-            if self._chunks:
-                return self._chunks.popleft()
-            if self._error is not None:
-                raise self._error
-            if self.finished:
-                return None
-            self._waiter = self._pool.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    async def send_body(self, data: bytes | memoryview, *, end: bool = False) -> None:
-        """Stream a piece of the request body to the worker (waits on back-pressure)."""
-        w = self.worker
-        if w is None or self._error is not None:
-            raise self._error or ZeusError("request not dispatched")
-        try:
-            await w.pump.send(self.id, data, Kind.REQUEST_BODY, Flag.END if end else 0)
-        except (PeerLostError, PeerBrokenError) as exc:
-            raise self._error or w.lost_error() from exc
-
-    def cancel(self) -> None:
-        """The client is gone: tell the worker, drop whatever arrives later."""
-        if self.finished or self._error is not None:
-            self._discard()
-            return
-        self._pool._abandon(self, None)
-
-    # -- called by the pool ---------------------------------------------------
-
-    def _deliver(self, msg: Message) -> None:
-        self._chunks.append(msg)
-        self._wake()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._error is None and not self.finished:
-            self._error = exc
-            if not self._head.done():
-                self._head.set_exception(exc)
-                self._head.exception()  # retrieved: nobody may be waiting yet
-            self._discard()
-            self._wake()
-
-    def _finish(self) -> None:
-        self.finished = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _discard(self) -> None:
-        while self._chunks:
-            self._chunks.popleft().release()
-
-    def __repr__(self) -> str:
-        return f"<Exchange id={self.id} {self.head.method!r} {self.head.target[:40]!r}>"
-
-
-class WorkerHandle:
-    """The pool's record of one worker: process, region, channel, pump, requests."""
-
-    def __init__(self, pool: Pool, index: int, generation: int) -> None:
-        cfg = pool.config
-        self.index = index
-        self.generation = generation
-        self.region = Region.create(cfg.region_size, cfg.slots, name=f"zeus-worker-{index}")
-        try:
-            env = {**cfg.env, "ZEUS_SPIN_NS": str(cfg.worker_spin_ns())}
-            self.process = WorkerProcess(
-                cfg.argv, self.region, env=env, limits=cfg.limits, cgroup=pool._cgroup,
-                name=f"zeus-{pool.pid}-{index}-{generation}", cwd=cfg.cwd,
-            )
-        except BaseException:
-            self.region.close()
-            raise
-        self.pid = self.process.pid
-        # The front never spins: the loop has other work, and a 2-core host has no core to burn.
-        self.channel = Channel(self.region, peer_pid=self.pid, spin=SpinPolicy(max_ns=0))
-        self.pump = ChannelPump(
-            self.channel,
-            lambda msg: pool._on_message(self, msg),
-            lambda: pool._on_wake(self),
-            lambda exc: pool._on_pump_error(self, exc),
-        )
-        self.state = WState.STARTING
-        self.capacity = cfg.concurrency
-        self.in_flight: dict[int, Exchange] = {}
-        # Requests given up on (client gone, timeout) whose end the worker may still send;
-        # insertion-ordered so the oldest can be forgotten (bounded).
-        self.abandoned: dict[int, None] = {}
-        self.requests = 0
-        self.request_limit = cfg.recycle.request_limit(pool._rng)
-        self.retire_reason: str | None = None
-        self.replacement: WorkerHandle | None = None
-        self.kill_cause: ExitCause | None = None
-        self.kill_timer: asyncio.TimerHandle | None = None
-        self.ready_at: float | None = None
-        self.heartbeat = (0, time.monotonic())
-
-    @property
-    def accepting(self) -> bool:
-        """Whether the balancer may give this worker a new request."""
-        if self.state is not WState.READY:
-            return False
-        rep = self.replacement
-        return self.retire_reason is None or rep is None or rep.state is not WState.READY
-
-    @property
-    def in_flight_count(self) -> int:
-        """Requests in flight (the balancer's measure)."""
-        return len(self.in_flight)
-
-    def lost_error(self) -> WorkerLost:
-        """The error its requests get when it is gone."""
-        rc = self.process.returncode
-        status = describe_exit(rc) if rc is not None else "protocol violation"
-        return WorkerLost(f"worker {self.pid} lost ({status})", self.pid, status)
-
-    def __repr__(self) -> str:
-        return (
-            f"<Worker {self.index}.{self.generation} pid={self.pid} {self.state.value} "
-            f"in_flight={len(self.in_flight)} served={self.requests}>"
-        )
-
-
-class _BalancerView:
-    """Adapts a WorkerHandle to the balancer's Candidate protocol."""
-
-    __slots__ = ("extra", "w")
-
-    def __init__(self, w: WorkerHandle, extra: int) -> None:
-        self.w = w
-        self.extra = extra
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.w.in_flight)
-
-    @property
-    def capacity(self) -> int:
-        return self.w.capacity + self.extra
-
-    @property
-    def accepting(self) -> bool:
-        return self.w.accepting
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatistics:
-    """One worker, for metrics."""
-
-    index: int
-    pid: int
-    state: str
-    in_flight: int
-    requests: int
-    rss: int | None
-    cpu_seconds: float | None
-    arena_in_use: int
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
-    """The pool at one instant, for metrics and autoscaling."""
-
-    workers: tuple[WorkerStatistics, ...]
-    busy: int
-    idle: int
-    queued: int
-    in_flight: int
-    completed: int
-    restarts: dict[str, int]
-    queue_wait_total: float
 
 
 class Pool:

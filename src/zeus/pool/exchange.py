@@ -1,0 +1,139 @@
+"""One request handed to the pool, and the errors a request can end with.
+
+The pool maps nothing to HTTP: the front turns WorkerLost into 502, RequestTimeout into 504,
+Overloaded into 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from zeus.channel import Message
+from zeus.core.codec import RequestHead, ResponseHead
+from zeus.core.layout import Flag, Kind
+from zeus.errors import PeerBrokenError, PeerLostError, ZeusError
+
+if TYPE_CHECKING:
+    from zeus.pool.core import Pool
+    from zeus.pool.handle import WorkerHandle
+
+
+class WorkerLost(ZeusError):
+    """The worker handling a request died or broke; carries its pid and exit status."""
+
+    def __init__(self, message: str, pid: int, status: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.status = status
+
+
+class RequestTimeout(ZeusError):
+    """The request ran past its timeout; its worker is being replaced."""
+
+
+class Overloaded(ZeusError):
+    """No worker could take the request within the queue timeout (or the queue is full)."""
+
+
+class BootFailure(ZeusError):
+    """The application cannot boot: workers die before they ever become ready."""
+
+
+class ResponseAborted(ZeusError):
+    """The worker abandoned a response after starting it (the application failed midway)."""
+
+
+_ids = itertools.count(1)
+
+
+class Exchange:
+    """One request handed to the pool; its response comes back through here."""
+
+    def __init__(self, pool: Pool, head: RequestHead, replay: bytes | None) -> None:
+        self.id: Final = next(_ids)
+        self._pool = pool
+        self.head = head
+        self.replay = replay  # the whole body when known up front (lets a retry happen)
+        self.worker: WorkerHandle | None = None
+        self.ring_seq = 0  # the worker's request-ring position just after our head was sent
+        self.handed = False  # head and body are all in the worker's ring
+        self.resend = False  # its worker died before taking it while it was being sent
+        loop = pool.loop  # (get_running_loop costs a getpid() call on Python 3.11)
+        self._head: asyncio.Future[ResponseHead] = loop.create_future()
+        self._head_buf = bytearray()
+        self._chunks: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.finished = False  # the worker sent the end of the response
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = time.monotonic()
+
+    async def response(self) -> ResponseHead:
+        """Wait for the response head.  Cancelling the wait does not cancel the request."""
+        return await asyncio.shield(self._head)
+
+    async def next_chunk(self) -> Message | None:
+        """The next body chunk (release it when written), or None at the end."""
+        while True:
+            if self._chunks:
+                return self._chunks.popleft()
+            if self._error is not None:
+                raise self._error
+            if self.finished:
+                return None
+            self._waiter = self._pool.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def send_body(self, data: bytes | memoryview, *, end: bool = False) -> None:
+        """Stream a piece of the request body to the worker (waits on back-pressure)."""
+        w = self.worker
+        if w is None or self._error is not None:
+            raise self._error or ZeusError("request not dispatched")
+        try:
+            await w.pump.send(self.id, data, Kind.REQUEST_BODY, Flag.END if end else 0)
+        except (PeerLostError, PeerBrokenError) as exc:
+            raise self._error or w.lost_error() from exc
+
+    def cancel(self) -> None:
+        """The client is gone: tell the worker, drop whatever arrives later."""
+        if self.finished or self._error is not None:
+            self._discard()
+            return
+        self._pool._abandon(self, None)
+
+    # -- called by the pool ---------------------------------------------------
+
+    def _deliver(self, msg: Message) -> None:
+        self._chunks.append(msg)
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None and not self.finished:
+            self._error = exc
+            if not self._head.done():
+                self._head.set_exception(exc)
+                self._head.exception()  # retrieved: nobody may be waiting yet
+            self._discard()
+            self._wake()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _discard(self) -> None:
+        while self._chunks:
+            self._chunks.popleft().release()
+
+    def __repr__(self) -> str:
+        return f"<Exchange id={self.id} {self.head.method!r} {self.head.target[:40]!r}>"
