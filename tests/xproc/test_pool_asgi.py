@@ -10,24 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from zeus import Channel, Region
-from zeus.core.codec import RequestHead, decode_response_head, encode_request_head
+from zeus.core.codec import decode_response_head, encode_request_head
 from zeus.core.layout import Flag, Kind, Word
 from zeus.exitcodes import WorkerExit
-from zeus.pool import BootFailure, Exchange, Pool, PoolConfig, ResponseAborted, WState, worker_argv
+from zeus.pool import BootFailure, Pool, PoolConfig, ResponseAborted, WState, worker_argv
+
+from .poolkit import fetch, head, read_reply, run
 
 ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path:
@@ -43,14 +43,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run(test: Callable[[], Awaitable[T]]) -> T:
-    """Run an async test body in a fresh event loop."""
-    async def main() -> T:
-        return await test()
-
-    return asyncio.run(main())
 
 
 def factory_argv(app: str) -> list[str]:
@@ -85,45 +77,6 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> 
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.005)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        key = name.lower().encode()
-        values = [v.decode("latin-1") for k, v in self.headers if k == key]
-        return ", ".join(values) if values else None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def head(target: str | bytes, method: str = "GET",
-         headers: Sequence[tuple[bytes, bytes]] = ()) -> RequestHead:
-    return RequestHead(
-        method.encode(), target if isinstance(target, bytes) else target.encode(),
-        [(b"host", b"testserver"), *headers], client=("127.0.0.1", 50123),
-        server=("127.0.0.1", 8000),
-    )
-
-
-async def read_reply(ex: Exchange) -> Reply:
-    resp = await ex.response()
-    parts = []
-    while (chunk := await ex.next_chunk()) is not None:
-        with chunk:
-            parts.append(bytes(chunk.data))
-    return Reply(resp.status, resp.headers, b"".join(parts))
-
-
-async def fetch(pool: Pool, target: str | bytes, method: str = "GET", body: bytes = b"",
-                headers: Sequence[tuple[bytes, bytes]] = ()) -> Reply:
-    ex = await pool.submit(head(target, method, headers), body)
-    return await read_reply(ex)
 
 
 # --------------------------------------------------------------------------- scope, lifespan

@@ -7,14 +7,11 @@ the response head and body chunks out of the worker's arena.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +19,8 @@ import pytest
 
 from zeus.core.codec import RequestHead
 from zeus.pool import Pool, PoolConfig, ResponseAborted, worker_argv
+
+from .poolkit import fetch, head, read_reply, run
 
 ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path:
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 # --------------------------------------------------------------------------- helpers
 
 
-def run(test: Callable[[], Awaitable[T]]) -> T:
-    """Run an async test body in a fresh event loop."""
-    async def main() -> T:
-        return await test()
-
-    return asyncio.run(main())
-
-
 @contextlib.asynccontextmanager
 async def pool_of(app: str, *, workers: int = 1, **config: Any) -> AsyncIterator[Pool]:
     """A started pool of WSGI workers running ``app``; always stopped on the way out."""
@@ -56,45 +47,6 @@ async def pool_of(app: str, *, workers: int = 1, **config: Any) -> AsyncIterator
         yield pool
     finally:
         await pool.stop()
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        key = name.lower().encode()
-        values = [v.decode("latin-1") for k, v in self.headers if k == key]
-        return ", ".join(values) if values else None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def head(target: str | bytes, method: str = "GET",
-         headers: Sequence[tuple[bytes, bytes]] = ()) -> RequestHead:
-    return RequestHead(
-        method.encode(), target if isinstance(target, bytes) else target.encode(),
-        [(b"host", b"testserver"), *headers], client=("127.0.0.1", 50123),
-        server=("127.0.0.1", 8000),
-    )
-
-
-async def read_reply(ex: Any) -> Reply:
-    resp = await ex.response()
-    parts = []
-    while (chunk := await ex.next_chunk()) is not None:
-        with chunk:
-            parts.append(bytes(chunk.data))
-    return Reply(resp.status, resp.headers, b"".join(parts))
-
-
-async def fetch(pool: Pool, target: str | bytes, method: str = "GET", body: bytes = b"",
-                headers: Sequence[tuple[bytes, bytes]] = ()) -> Reply:
-    ex = await pool.submit(head(target, method, headers), body)
-    return await read_reply(ex)
 
 
 APP = "tests.apps.wsgi_apps:app"
