@@ -620,18 +620,34 @@ set_broken(Endpoint *e, PyObject *msg)
     PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
 }
 
+static void
+vbroken(Endpoint *e, const char *fmt, va_list va)
+{
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    if (msg) {
+        set_broken(e, msg);
+        Py_DECREF(msg);
+    }
+}
+
 static PyObject *
 broken(Endpoint *e, const char *fmt, ...)
 {
     va_list va;
     va_start(va, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    vbroken(e, fmt, va);
     va_end(va);
-    if (msg) {
-        set_broken(e, msg);
-        Py_DECREF(msg);
-    }
     return NULL;
+}
+
+static int
+broken_i(Endpoint *e, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    vbroken(e, fmt, va);
+    va_end(va);
+    return -1;
 }
 
 /* After a publication: if the peer announced sleep (and we have not yet woken it for that
@@ -991,20 +1007,6 @@ Endpoint_commit(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
     self->reserved = 0;
     publish_slot_ep(self, id, (uint16_t)kind, (uint16_t)flags, (uint32_t)n, off);
     Py_RETURN_NONE;
-}
-
-static int
-broken_i(Endpoint *e, const char *fmt, ...)
-{
-    va_list va;
-    va_start(va, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
-    va_end(va);
-    if (msg) {
-        set_broken(e, msg);
-        Py_DECREF(msg);
-    }
-    return -1;
 }
 
 typedef struct {

@@ -169,7 +169,6 @@ class Channel:
         head_word, peer_tail, tail_word, peer_head, freed_word, peer_freed = map(int, words)
         bell = -1 if region.peer_bell is None else region.peer_bell
         self._peer_head, self._peer_tail, self._peer_freed = peer_head, peer_tail, peer_freed
-        self._slots = g.slots
         self._out = region.view[out_arena : out_arena + out_size]
         self._in = region.view[in_arena : in_arena + in_size]
         self._ep = _native.Endpoint(
