@@ -9,119 +9,69 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from zeus.app import Interface
+from zeus.config import Resolved, Settings, resolve
+from zeus.config.options import FIELDS, RUN, SECTIONS, SERVE, cli_flag, env_var, meta, parse_value
+from zeus.config.reference import effective
 from zeus.errors import ConfigError
 from zeus.exitcodes import ServerExit
 from zeus.front.limits import HttpLimits
-from zeus.front.server import ServeConfig, parse_bind, run
+from zeus.front.server import ServeConfig, run
 from zeus.pool import PoolConfig, worker_argv
 from zeus.supervisor.balancer import Balance
 from zeus.supervisor.limits import Limits
 from zeus.supervisor.policy import RecyclePolicy
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+def _argtype(name: str) -> Callable[[str], object]:
+    """The argparse ``type=`` of setting ``name``: its parser, errors as argparse's."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse_value(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name  # argparse names the type in some messages
+    return convert
 
 
-def parse_size(text: str) -> int:
-    """``512M``, ``2GiB``, ``1048576`` -> bytes."""
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 512M, 2G, 65536)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _bind(text: str) -> str:
-    try:
-        parse_bind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid bind {text!r} (HOST:PORT, unix:PATH or fd://N)"
-        ) from None
-    return text
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("server")
-    g.add_argument("-b", "--bind", action="append", type=_bind, metavar="ADDRESS",
-                   help="where to listen: HOST:PORT, unix:PATH or fd://N; repeatable "
-                        "(default 127.0.0.1:8000)")
-    g.add_argument("-w", "--workers", type=_positive_int, default=int(
-        os.environ.get("WEB_CONCURRENCY", "2")), help="worker processes (default 2)")
-    g.add_argument("--balance", choices=[b.value for b in Balance], default="round-robin",
-                   help="how requests are spread over workers (default round-robin)")
-    g.add_argument("--concurrency", type=_positive_int, default=None,
-                   help="requests in flight per worker (default 1; 64 for ASGI apps)")
-    g.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on listeners")
-    g.add_argument("--spin-ns", type=int, default=None,
-                   help="how long an idle worker spins before sleeping, in ns (default: 40000 "
-                        "when there is a spare core, else 0)")
-    g.add_argument("--backlog", type=_positive_int, default=2048, help="listen backlog")
-    t = p.add_argument_group("timeouts")
-    t.add_argument("-t", "--timeout", type=_seconds, default=30.0,
-                   help="seconds a request may run before its worker is replaced and the "
-                        "client gets 504 (0: none; default 30)")
-    t.add_argument("--graceful-timeout", type=_seconds, default=30.0,
-                   help="seconds to finish requests on TERM or reload (default 30)")
-    t.add_argument("--keep-alive", type=_seconds, default=5.0,
-                   help="idle keep-alive timeout in seconds (default 5)")
-    t.add_argument("--header-timeout", type=_seconds, default=10.0,
-                   help="seconds a client has to send a request head (default 10)")
-    t.add_argument("--body-timeout", type=_seconds, default=30.0,
-                   help="longest silence while receiving a body, in seconds (default 30)")
-    r = p.add_argument_group("recycling and limits")
-    r.add_argument("--max-requests", type=int, default=0,
-                   help="recycle a worker after this many requests (0: never)")
-    r.add_argument("--max-requests-jitter", type=int, default=0,
-                   help="add up to this many requests, at random per worker")
-    r.add_argument("--max-lifetime", type=_seconds, default=0.0,
-                   help="recycle a worker after this many seconds (0: never)")
-    r.add_argument("--max-rss", type=parse_size, default=0,
-                   help="recycle a worker whose RSS passes this size, e.g. 512M")
-    r.add_argument("--memory-limit", type=parse_size, default=0,
-                   help="hard memory limit per worker (cgroup v2 memory.max, else RLIMIT_AS)")
-    r.add_argument("--cpu-limit", type=int, default=0, help="CPU seconds per worker (RLIMIT_CPU)")
-    r.add_argument("--max-open-files", type=int, default=0, help="RLIMIT_NOFILE per worker")
-    r.add_argument("--limit-request-line", type=_positive_int, default=8190,
-                   help="longest request target in bytes (414 beyond)")
-    r.add_argument("--limit-request-fields", type=_positive_int, default=100,
-                   help="most header fields (431 beyond)")
-    r.add_argument("--limit-request-field-size", type=_positive_int, default=8190,
-                   help="longest header field in bytes (431 beyond)")
-    r.add_argument("--max-body-size", type=parse_size, default=1 << 30,
-                   help="largest request body (413 beyond; 0: unlimited; default 1G)")
-    r.add_argument("--region-size", type=parse_size, default=64 << 20,
-                   help="shared-memory region per worker (default 64M)")
-    lg = p.add_argument_group("logging")
-    lg.add_argument("--log-level", default="info",
-                    choices=["critical", "error", "warning", "info", "debug"])
-    lg.add_argument("--access-log", action="store_true", help="log every request")
+def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    """One flag per setting of ``command``, grouped by section, generated from the
+    declarations; defaults are left out so that only what the user typed overrides the
+    environment and the file."""
+    p.add_argument("-c", "--config", metavar="FILE", default=None,
+                   help="TOML configuration file (default: $ZEUS_CONFIG, else ./zeus.toml if "
+                        "present)")
+    p.add_argument("--check-config", action="store_true",
+                   help="print the effective configuration and exit")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in FIELDS:
+        opt = meta(name)
+        if not opt.cli or command not in opt.commands:
+            continue
+        if opt.section not in groups:
+            groups[opt.section] = p.add_argument_group(SECTIONS[opt.section].lower())
+        flags = [f for f in (opt.short, cli_flag(name)) if f]
+        default = getattr(Settings(), name)
+        shown = opt.default_doc or ("unset" if default is None else
+                                    ", ".join(map(str, default)) if opt.multiple else default)
+        help_text = f"{opt.help} (default {shown}; env {env_var(name)})"
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if opt.flag:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _argtype(name)
+            kwargs["metavar"] = opt.metavar or ("{" + ",".join(opt.choices) + "}"
+                                                if opt.choices else "VALUE")
+            if opt.multiple:
+                kwargs["action"] = "append"
+        groups[opt.section].add_argument(*flags, **kwargs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,24 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Zero-copy process runner for Python web applications: one front process "
                     "owns the network and hands each request to an isolated worker through "
                     "shared memory.",
+        epilog="Every option can also be set in a TOML file or a ZEUS_* environment variable "
+               "(precedence: command line > environment > file > defaults); see "
+               "`zeus check-config --help`.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser(
         "serve", help="serve a WSGI, ASGI or native Zeus application",
         description="Serve module:app over HTTP with isolated worker processes.",
     )
-    serve.add_argument("app", help="the application, as module:attribute (e.g. myapp:app)")
-    serve.add_argument("--interface", choices=[i.value for i in Interface], default="auto",
-                       help="how to call the app (default: detect from its signature)")
-    serve.add_argument("--chdir", help="change to this directory before loading the app")
-    _add_common(serve)
+    serve.add_argument("app", nargs="?", default=None,
+                       help="the application, as module:attribute (e.g. myapp:app); may also "
+                            "come from the config file or ZEUS_APP")
+    _add_settings(serve, SERVE)
     runp = sub.add_parser(
         "run", help="serve HTTP with workers that are any program calling Worker.connect()",
         description="Serve HTTP; each worker is COMMAND, a program that calls "
                     "zeus.Worker.connect() and serves requests.",
     )
-    _add_common(runp)
+    _add_settings(runp, RUN)
     runp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    check = sub.add_parser(
+        "check-config", help="validate and print the effective configuration",
+        description="Merge the command line, ZEUS_* variables and the TOML file "
+                    "(--config, $ZEUS_CONFIG or ./zeus.toml), check every value and the "
+                    "application's import, and print the result with each value's origin. "
+                    "Exit status 0 when valid, 2 with a one-line error otherwise.",
+    )
+    check.add_argument("app", nargs="?", default=None, help="the application, as for serve")
+    _add_settings(check, SERVE)
     return parser
 
 
@@ -175,69 +136,97 @@ def _detect(app: str, env: dict[str, str], cwd: str) -> Interface:
     return Interface(proc.stdout.strip().splitlines()[-1])
 
 
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    """Turn parsed options into a ServeConfig; ConfigError on an invalid combination."""
+def settings_from_args(args: argparse.Namespace) -> Resolved:
+    """Merge what was typed with the environment and the config file; ConfigError if bad."""
+    typed = {name: value for name, value in vars(args).items()
+             if name in FIELDS and name not in ("app", "command")}
+    for name, value in list(typed.items()):
+        if isinstance(value, list):
+            typed[name] = tuple(value)
+    if getattr(args, "app", None):
+        typed["app"] = args.app
+    cmd = list(getattr(args, "cmd", None) or [])
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if cmd:
+        typed["command"] = tuple(cmd)
+    return resolve(typed, config_file=args.config)
+
+
+def config_from_settings(settings: Settings, command: str) -> ServeConfig:
+    """Turn settings into a ServeConfig (importing the app in a child process to detect its
+    interface); ConfigError on an invalid combination."""
     env = dict(os.environ)
     cwd = os.getcwd()
-    if args.command == "serve":
-        if args.chdir:
-            try:
-                os.chdir(args.chdir)
-            except OSError as exc:
-                raise ConfigError(f"--chdir {args.chdir}: {exc.strerror}") from None
-            cwd = os.getcwd()
+    if settings.chdir:
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            raise ConfigError(f"chdir {settings.chdir}: {exc.strerror}") from None
+        cwd = os.getcwd()
+    if command == SERVE:
+        if not settings.app:
+            raise ConfigError("no application: give module:app, or app = ... in the config")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
-        detected = _detect(args.app, env, cwd)  # also checks that it imports at all
-        interface = Interface(args.interface)
+        detected = _detect(settings.app, env, cwd)  # also checks that it imports at all
+        interface = Interface(settings.interface)
         if interface is Interface.AUTO:
             interface = detected
-        argv = worker_argv(args.app, interface.value)
-        concurrency = args.concurrency or (64 if interface is Interface.ASGI else 1)
+        argv = worker_argv(settings.app, interface.value)
+        concurrency = settings.concurrency or (64 if interface is Interface.ASGI else 1)
     else:
-        cmd = list(args.cmd)
-        if cmd and cmd[0] == "--":
-            cmd = cmd[1:]
-        if not cmd:
+        if not settings.command:
             raise ConfigError("zeus run needs a command after --")
-        argv = cmd
-        concurrency = args.concurrency or 1
+        argv = list(settings.command)
+        concurrency = settings.concurrency or 1
     pool = PoolConfig(
         argv=argv,
-        workers=args.workers,
-        balance=Balance(args.balance),
+        workers=settings.workers,
+        balance=Balance(settings.balance),
         concurrency=concurrency,
-        timeout=args.timeout,
-        graceful_timeout=args.graceful_timeout,
-        region_size=args.region_size,
-        spin_ns=args.spin_ns,
+        timeout=settings.timeout,
+        graceful_timeout=settings.graceful_timeout,
+        region_size=settings.region_size,
+        spin_ns=settings.spin_ns,
         recycle=RecyclePolicy(
-            max_requests=args.max_requests,
-            max_requests_jitter=args.max_requests_jitter,
-            max_lifetime=args.max_lifetime,
-            max_rss=args.max_rss,
+            max_requests=settings.max_requests,
+            max_requests_jitter=settings.max_requests_jitter,
+            max_lifetime=settings.max_lifetime,
+            max_rss=settings.max_rss,
         ),
         limits=Limits(
-            cpu_seconds=args.cpu_limit, open_files=args.max_open_files, memory=args.memory_limit
+            cpu_seconds=settings.cpu_limit, open_files=settings.max_open_files,
+            memory=settings.memory_limit,
         ),
         env=env,
         cwd=cwd,
     )
     limits = HttpLimits(
-        max_request_line=args.limit_request_line,
-        max_headers=args.limit_request_fields,
-        max_header_size=args.limit_request_field_size,
-        max_body=args.max_body_size,
-        header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout,
-        keepalive_timeout=args.keep_alive,
+        max_request_line=settings.limit_request_line,
+        max_headers=settings.limit_request_fields,
+        max_header_size=settings.limit_request_field_size,
+        max_body=settings.max_body_size,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        keepalive_timeout=settings.keep_alive,
     )
     return ServeConfig(
         pool=pool,
-        binds=args.bind or ["127.0.0.1:8000"],
+        binds=list(settings.bind),
         limits=limits,
-        access_log=args.access_log,
-        backlog=args.backlog,
-        reuse_port=args.reuse_port,
+        access_log=settings.access_log,
+        backlog=settings.backlog,
+        reuse_port=settings.reuse_port,
+        settings=settings,
+    )
+
+
+def setup_logging(settings: Settings) -> None:
+    """The error log: stderr at ``log_level``."""
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper()),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+        stream=sys.stderr,
     )
 
 
@@ -248,13 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ServerExit.USAGE
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-        stream=sys.stderr,
-    )
+    command = RUN if args.command == RUN else SERVE
     try:
-        config = config_from_args(args)
+        resolved = settings_from_args(args)
+        settings = resolved.settings
+        for warning in resolved.warnings:
+            print(f"zeus: warning: {warning}", file=sys.stderr)
+        if args.command == "check-config" or args.check_config:
+            config_from_settings(settings, command)  # the app must import, too
+            sys.stdout.write(effective(resolved))
+            return ServerExit.OK
+        setup_logging(settings)
+        config = config_from_settings(settings, command)
     except ConfigError as exc:
         print(f"zeus: error: {exc}", file=sys.stderr)
         return ServerExit.USAGE

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from zeus.config import Settings, parse_bind
 from zeus.exitcodes import ServerExit
 from zeus.front.http import HttpProtocol
 from zeus.front.limits import HttpLimits, error_response
@@ -43,19 +44,7 @@ class ServeConfig:
     access_log: bool = False
     backlog: int = 2048
     reuse_port: bool = False
-
-
-def parse_bind(spec: str) -> tuple[str, object]:
-    """Parse ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH`` or ``fd://N``."""
-    if spec.startswith("unix:"):
-        return "unix", spec[5:]
-    if spec.startswith("fd://"):
-        return "fd", int(spec[5:])
-    host, sep, port = spec.rpartition(":")
-    if not sep:
-        host, port = spec, "8000"
-    host = host.strip("[]") or "0.0.0.0"
-    return "tcp", (host, int(port))
+    settings: Settings = field(default_factory=Settings)  # everything, for the newer features
 
 
 def bind_socket(spec: str, *, backlog: int, reuse_port: bool) -> socket.socket:

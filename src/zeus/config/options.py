@@ -1,0 +1,310 @@
+"""Every setting of ``zeus``, declared once: the command line, ``ZEUS_*`` variables, the TOML
+file, ``zeus check-config`` and the documentation's reference are all generated from here.
+
+Theory of operation
+-------------------
+``Settings`` is a frozen dataclass; each field is declared with :func:`option`, which stores an
+:class:`Option` (help, section, parser, flag names) in the field's metadata.  A setting's names
+follow from its field name: ``max_requests`` is ``--max-requests`` on the command line,
+``ZEUS_MAX_REQUESTS`` in the environment and ``max_requests`` in ``zeus.toml``.  Every value,
+wherever it comes from, goes through the same parser, so ``--memory-limit 512M``,
+``ZEUS_MEMORY_LIMIT=512M`` and ``memory_limit = "512M"`` mean the same thing and fail the same
+way.  To add a setting, add a field here; nothing else needs to know its name except the code
+that uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
+
+from zeus.errors import ConfigError
+
+T = TypeVar("T")
+
+SERVE: Final = "serve"
+RUN: Final = "run"
+BOTH: Final = frozenset({SERVE, RUN})
+
+#: Sections, in the order ``--help``, ``check-config`` and the reference show them.
+SECTIONS: Final = {
+    "app": "Application",
+    "server": "Server and workers",
+    "timeouts": "Timeouts",
+    "limits": "Recycling and limits",
+    "http": "HTTP limits",
+    "logging": "Logging",
+    "metrics": "Metrics and health",
+    "sockets": "Sockets and systemd",
+    "security": "Privileges",
+    "hooks": "Hooks",
+}
+
+
+# ------------------------------------------------------------------------------ parsers
+# Each takes the text of a value and returns it parsed, or raises ConfigError saying why.
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2GiB``, ``1048576`` -> bytes (binary units)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"invalid size {text!r} (examples: 512M, 2G, 65536)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_int(text: str) -> int:
+    """A whole number, zero or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"invalid integer {text!r}") from None
+    if n < 0:
+        raise ConfigError(f"must be >= 0, got {n}")
+    return n
+
+
+def parse_positive(text: str) -> int:
+    """A whole number, one or more."""
+    n = parse_int(text)
+    if n < 1:
+        raise ConfigError(f"must be at least 1, got {n}")
+    return n
+
+
+def parse_seconds(text: str) -> float:
+    """A duration in seconds, zero or more (fractions allowed)."""
+    try:
+        n = float(text)
+    except ValueError:
+        raise ConfigError(f"invalid number of seconds {text!r}") from None
+    if n != n or n == float("inf"):
+        raise ConfigError(f"must be a finite number, got {text!r}")
+    if n < 0:
+        raise ConfigError(f"must be >= 0, got {n:g}")
+    return n
+
+
+def parse_str(text: str) -> str:
+    """Any text."""
+    return text
+
+
+def parse_bool(text: str) -> bool:
+    """``1 true yes on`` / ``0 false no off`` (any case)."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false, got {text!r}")
+
+
+def parse_bind(spec: str) -> tuple[str, object]:
+    """Parse ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH`` or ``fd://N`` into (kind, where)."""
+    bad = ConfigError(f"invalid bind {spec!r} (HOST:PORT, unix:PATH or fd://N)")
+    if spec.startswith("unix:"):
+        if not spec[5:]:
+            raise bad
+        return "unix", spec[5:]
+    if spec.startswith("fd://"):
+        try:
+            return "fd", parse_int(spec[5:])
+        except ConfigError:
+            raise bad from None
+    host, sep, port = spec.rpartition(":")
+    if not sep:
+        host, port = spec, "8000"
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        number = int(port)
+    except ValueError:
+        raise bad from None
+    if not 0 <= number <= 65535:
+        raise bad
+    return "tcp", (host, number)
+
+
+def check_bind(spec: str) -> str:
+    """A bind address, validated (see :func:`parse_bind`)."""
+    parse_bind(spec)
+    return spec
+
+
+def check_hook(spec: str) -> str:
+    """``module:function`` naming a hook (imported when the server starts)."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name.isidentifier():
+        raise ConfigError(f"expected module:function, got {spec!r}")
+    return spec
+
+
+# ------------------------------------------------------------------------------ declaration
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How one setting is named, parsed and documented."""
+
+    section: str
+    help: str
+    parse: Callable[[str], Any]
+    short: str | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    flag: bool = False  # a switch: ``--reuse-port`` on the command line, a bool elsewhere
+    multiple: bool = False  # a list: repeatable flag, comma-separated variable, TOML array
+    commands: frozenset[str] = BOTH
+    cli: bool = True  # has a command-line flag (False: file and environment only)
+    env_aliases: tuple[str, ...] = ()  # lower-priority variables honoured too
+    default_doc: str | None = None  # how the reference shows a computed default
+
+
+def option(default: T, *, section: str, help: str, parse: Callable[[str], Any] = parse_str,
+           short: str | None = None, metavar: str | None = None,
+           choices: tuple[str, ...] | None = None, flag: bool = False, multiple: bool = False,
+           commands: frozenset[str] = BOTH, cli: bool = True,
+           env_aliases: tuple[str, ...] = (), default_doc: str | None = None) -> T:
+    """Declare a field of :class:`Settings` (the dataclass keeps the metadata)."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}")
+    meta = Option(section=section, help=help, parse=parse, short=short, metavar=metavar,
+                  choices=choices, flag=flag, multiple=multiple, commands=commands, cli=cli,
+                  env_aliases=env_aliases, default_doc=default_doc)
+    return dataclasses.field(default=default, metadata={"zeus": meta})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration of one ``zeus`` invocation (see the module docstring)."""
+
+    # -- application
+    app: str | None = option(
+        None, section="app", commands=frozenset({SERVE}), cli=False,
+        help="the application as module:attribute (the APP argument of zeus serve)")
+    command: tuple[str, ...] = option(
+        (), section="app", commands=frozenset({RUN}), cli=False, multiple=True,
+        help="the worker program and its arguments (what follows -- on zeus run)")
+    interface: str = option(
+        "auto", section="app", commands=frozenset({SERVE}),
+        choices=("auto", "native", "wsgi", "asgi"),
+        help="how to call the app; auto detects it from its signature")
+    chdir: str | None = option(
+        None, section="app", metavar="DIR", help="change to this directory before loading")
+
+    # -- server and workers
+    bind: tuple[str, ...] = option(
+        ("127.0.0.1:8000",), section="server", short="-b", parse=check_bind, multiple=True,
+        metavar="ADDRESS", help="where to listen: HOST:PORT, unix:PATH or fd://N; repeatable")
+    workers: int = option(
+        2, section="server", short="-w", parse=parse_positive, metavar="N",
+        env_aliases=("WEB_CONCURRENCY",), help="worker processes")
+    balance: str = option(
+        "round-robin", section="server", choices=("round-robin", "least-conn"),
+        help="how requests are spread over workers")
+    concurrency: int | None = option(
+        None, section="server", parse=parse_positive, metavar="N", default_doc="1; 64 for ASGI",
+        help="requests in flight per worker")
+    backlog: int = option(2048, section="server", parse=parse_positive, metavar="N",
+                          help="listen backlog")
+    spin_ns: int | None = option(
+        None, section="server", parse=parse_int, metavar="NS",
+        default_doc="40000 with a spare core, else 0",
+        help="how long an idle worker spins before sleeping, in nanoseconds")
+    region_size: int = option(
+        64 << 20, section="server", parse=parse_size, metavar="SIZE", default_doc="64M",
+        help="shared-memory region per worker")
+
+    # -- timeouts
+    timeout: float = option(
+        30.0, section="timeouts", short="-t", parse=parse_seconds, metavar="SECONDS",
+        help="seconds a request may run before its worker is replaced and the client gets "
+             "504 (0: none)")
+    graceful_timeout: float = option(
+        30.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
+        help="seconds to finish requests in flight on TERM or reload")
+    keep_alive: float = option(5.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
+                               help="idle keep-alive timeout")
+    header_timeout: float = option(
+        10.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
+        help="seconds a client has to send a request head (408 after)")
+    body_timeout: float = option(
+        30.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
+        help="longest silence while receiving a request body (408 after)")
+
+    # -- recycling and limits
+    max_requests: int = option(0, section="limits", parse=parse_int, metavar="N",
+                               help="recycle a worker after this many requests (0: never)")
+    max_requests_jitter: int = option(
+        0, section="limits", parse=parse_int, metavar="N",
+        help="add up to this many requests to max_requests, at random per worker")
+    max_lifetime: float = option(
+        0.0, section="limits", parse=parse_seconds, metavar="SECONDS",
+        help="recycle a worker after this many seconds (0: never)")
+    max_rss: int = option(0, section="limits", parse=parse_size, metavar="SIZE",
+                          help="recycle a worker whose RSS passes this size, e.g. 512M (0: off)")
+    memory_limit: int = option(
+        0, section="limits", parse=parse_size, metavar="SIZE",
+        help="hard memory limit per worker: cgroup v2 memory.max where writable, else "
+             "RLIMIT_AS (0: none)")
+    cpu_limit: int = option(0, section="limits", parse=parse_int, metavar="SECONDS",
+                            help="CPU seconds per worker, RLIMIT_CPU (0: none)")
+    max_open_files: int = option(0, section="limits", parse=parse_int, metavar="N",
+                                 help="RLIMIT_NOFILE per worker (0: inherit)")
+
+    # -- HTTP limits
+    limit_request_line: int = option(
+        8190, section="http", parse=parse_positive, metavar="BYTES",
+        help="longest request target (414 beyond)")
+    limit_request_fields: int = option(100, section="http", parse=parse_positive, metavar="N",
+                                       help="most header fields in a request (431 beyond)")
+    limit_request_field_size: int = option(
+        8190, section="http", parse=parse_positive, metavar="BYTES",
+        help="longest header field (431 beyond)")
+    max_body_size: int = option(
+        1 << 30, section="http", parse=parse_size, metavar="SIZE", default_doc="1G",
+        help="largest request body (413 beyond; 0: unlimited)")
+
+    # -- logging
+    log_level: str = option(
+        "info", section="logging", choices=("critical", "error", "warning", "info", "debug"),
+        help="the error log's level")
+    access_log: bool = option(False, section="logging", flag=True, parse=parse_bool,
+                              help="log every request")
+
+    # -- sockets and systemd
+    reuse_port: bool = option(False, section="sockets", flag=True, parse=parse_bool,
+                              help="set SO_REUSEPORT on TCP listeners")
+
+
+FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def meta(name: str) -> Option:
+    """The :class:`Option` of setting ``name``."""
+    return cast(Option, FIELDS[name].metadata["zeus"])
+
+
+def cli_flag(name: str) -> str:
+    """``max_requests`` -> ``--max-requests``."""
+    return "--" + name.replace("_", "-")
+
+
+def env_var(name: str) -> str:
+    """``max_requests`` -> ``ZEUS_MAX_REQUESTS``."""
+    return "ZEUS_" + name.upper()
+
+
+def parse_value(name: str, text: str) -> object:
+    """Parse one textual value of setting ``name`` (choices checked); ConfigError if bad."""
+    opt = meta(name)
+    value = opt.parse(text)
+    if opt.choices is not None and value not in opt.choices:
+        raise ConfigError(f"invalid choice {text!r} (choose from {', '.join(opt.choices)})")
+    return value
