@@ -4,8 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NATIVE := src/zeus/_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+# These targets are development tools and may run as root (CI does): they let zeus run root
+# workers.  Elsewhere zeus started as root refuses to unless --user or --allow-root is given.
+export ZEUS_ALLOW_ROOT ?= 1
 
-.PHONY: all install native run test unit lint typecheck check bench bench-http clean
+.PHONY: all install native run test unit lint typecheck check bench bench-http docs scaleout clean
 
 all: install
 
@@ -27,7 +30,7 @@ run: install
 	$(BIN)/zeus serve examples.hello:app --bind 127.0.0.1:8000 --access-log
 
 lint: install
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts docs/mkdocs_hooks.py
 
 typecheck: install
 	$(BIN)/mypy
@@ -45,5 +48,14 @@ bench: install
 bench-http: install
 	$(BIN)/python bench/http.py
 
+## docs: the documentation site into site/ (the configuration reference is generated)
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
+## scaleout: nginx in front of two zeus instances, one drained with TERM under load and
+## restarted (apt-get installs nginx as root if missing); SCALEOUT_ARGS="--phase 10 ..."
+scaleout: install
+	$(BIN)/python scripts/scaleout.py $(SCALEOUT_ARGS)
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/zeus/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build site src/*.egg-info src/zeus/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis

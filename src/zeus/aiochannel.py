@@ -65,6 +65,7 @@ class ChannelPump:
         self._closed = False
         self.drains = 0
         self.sent = 0  # messages published on the request ring (its head, as we count it)
+        self.space_waits = 0  # sends that found the ring or arena full (back-pressure)
         self._loop.add_reader(bell, self._on_bell)
         self._schedule()
 
@@ -179,6 +180,7 @@ class ChannelPump:
     async def wait_space(self) -> None:
         """Wait until the worker has made progress (consumed messages or released space)."""
         self._check()
+        self.space_waits += 1
         fut: asyncio.Future[None] = self._loop.create_future()
         self._space.append(fut)
         if self._asleep and not self._wants_space:

@@ -20,12 +20,16 @@ from zeus.config.options import FIELDS, RUN, SECTIONS, SERVE, cli_flag, env_var,
 from zeus.config.reference import effective
 from zeus.errors import ConfigError
 from zeus.exitcodes import ServerExit
+from zeus.front import systemd
 from zeus.front.limits import HttpLimits
+from zeus.front.metrics import check_settings as check_metrics
 from zeus.front.server import ServeConfig, run
 from zeus.pool import PoolConfig, worker_argv
 from zeus.supervisor.balancer import Balance
 from zeus.supervisor.limits import Limits
 from zeus.supervisor.policy import RecyclePolicy
+from zeus.supervisor.privileges import Privileges, lookup_group
+from zeus.supervisor.privileges import resolve as resolve_privileges
 
 
 def _argtype(name: str) -> Callable[[str], object]:
@@ -120,16 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _detect(app: str, env: dict[str, str], cwd: str) -> Interface:
+def _detect(app: str, env: dict[str, str], cwd: str,
+            privileges: Privileges | None = None) -> Interface:
     """Import ``app`` in a child process (never in the front) and learn its interface, so a
-    typo is a one-line error here rather than a crash loop of workers."""
+    typo is a one-line error here rather than a crash loop of workers.  The child runs as the
+    workers will (``--user``): an app or interpreter they cannot read fails here too."""
+    drop: dict[str, Any] = {}
+    if privileges is not None and privileges.changes_identity():
+        drop = {"user": privileges.uid, "group": privileges.gid,
+                "extra_groups": list(privileges.groups or ())}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "zeus.app", app], env=env, cwd=cwd, capture_output=True,
-            text=True, timeout=120,
+            text=True, timeout=120, **drop,
         )
     except subprocess.TimeoutExpired:
         raise ConfigError(f"importing {app!r} took over 120 s") from None
+    except OSError as exc:
+        as_user = f" as user {privileges.user or privileges.uid}" if drop and privileges else ""
+        raise ConfigError(f"cannot run {sys.executable}{as_user}: {exc.strerror} (the "
+                          f"workers' user must be able to run it and read the app)") from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"cannot load {app!r}"]
         raise ConfigError(lines[-1])
@@ -156,7 +170,7 @@ def settings_from_args(args: argparse.Namespace) -> Resolved:
 def config_from_settings(settings: Settings, command: str) -> ServeConfig:
     """Turn settings into a ServeConfig (importing the app in a child process to detect its
     interface); ConfigError on an invalid combination."""
-    env = dict(os.environ)
+    env = systemd.worker_environment(os.environ)  # LISTEN_*, NOTIFY_SOCKET: the front's
     cwd = os.getcwd()
     if settings.chdir:
         try:
@@ -164,11 +178,16 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         except OSError as exc:
             raise ConfigError(f"chdir {settings.chdir}: {exc.strerror}") from None
         cwd = os.getcwd()
+    privileges = resolve_privileges(
+        settings.user, settings.group, int(settings.umask, 8) if settings.umask else None,
+        allow_root=settings.allow_root)
+    unix_gid = lookup_group(settings.unix_socket_group) if settings.unix_socket_group else None
+    check_metrics(settings)
     if command == SERVE:
         if not settings.app:
             raise ConfigError("no application: give module:app, or app = ... in the config")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH")]))
-        detected = _detect(settings.app, env, cwd)  # also checks that it imports at all
+        detected = _detect(settings.app, env, cwd, privileges)  # also checks that it imports
         interface = Interface(settings.interface)
         if interface is Interface.AUTO:
             interface = detected
@@ -196,7 +215,7 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         ),
         limits=Limits(
             cpu_seconds=settings.cpu_limit, open_files=settings.max_open_files,
-            memory=settings.memory_limit,
+            memory=settings.memory_limit, privileges=privileges,
         ),
         env=env,
         cwd=cwd,
@@ -217,6 +236,8 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         access_log=settings.access_log,
         backlog=settings.backlog,
         reuse_port=settings.reuse_port,
+        unix_socket_mode=int(settings.unix_socket_mode, 8) if settings.unix_socket_mode else None,
+        unix_socket_gid=unix_gid,
         settings=settings,
     )
 

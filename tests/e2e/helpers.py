@@ -29,6 +29,10 @@ APP: Final = "tests.apps.e2e_native:app"
 BLOCK: Final = 1 << 20
 FIGURES: dict[str, str] = {}  # name -> measured value, printed in the session summary
 
+# The suite runs as root on CI machines, and its servers' workers run as root on purpose: zeus
+# refuses that unless told (security.allow_root).  test_privileges.py unsets it to check so.
+os.environ.setdefault("ZEUS_ALLOW_ROOT", "1")
+
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
     """Poll ``predicate`` until it is true; TimeoutError naming ``what`` after ``timeout`` s."""

@@ -16,7 +16,8 @@ from .helpers import APP, ROOT, ZEUS, Server, free_port
 
 def zeus(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
          ) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ZEUS_")}
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith("ZEUS_") or k == "ZEUS_ALLOW_ROOT"}
     full.pop("WEB_CONCURRENCY", None)
     return subprocess.run([str(ZEUS), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL, env={**full, **(env or {})})

@@ -137,6 +137,29 @@ def check_bind(spec: str) -> str:
     return spec
 
 
+def parse_path(text: str) -> str:
+    """An absolute URL path (``/healthz``): starts with ``/``, no query, no spaces."""
+    if not text.startswith("/") or not (text.isascii() and text.isprintable()) or any(
+            c in text for c in "?# "):
+        raise ConfigError(f"invalid path {text!r} (an absolute path such as /healthz)")
+    return text
+
+
+def parse_mode(text: str) -> str:
+    """Permission bits in octal (``660``, ``0o027``) -> their canonical text (``0660``).
+
+    Kept as text so that check-config prints it back as octal; in TOML write it as a string
+    (``umask = "027"``): a TOML integer would be read as decimal digits.
+    """
+    digits = text.strip().lower().removeprefix("0o")
+    if not 0 < len(digits) <= 4 or any(c not in "01234567" for c in digits):
+        raise ConfigError(f"invalid octal mode {text!r} (examples: 660, 027)")
+    value = int(digits, 8)
+    if value > 0o777:
+        raise ConfigError(f"mode {text!r} is beyond 777")
+    return f"{value:04o}"
+
+
 def check_hook(spec: str) -> str:
     """``module:function`` naming a hook (imported when the server starts)."""
     module, sep, name = spec.partition(":")
@@ -281,6 +304,48 @@ class Settings:
     # -- sockets and systemd
     reuse_port: bool = option(False, section="sockets", flag=True, parse=parse_bool,
                               help="set SO_REUSEPORT on TCP listeners")
+    unix_socket_mode: str | None = option(
+        None, section="sockets", parse=parse_mode, metavar="MODE",
+        help="permissions of the unix: sockets zeus creates, in octal (e.g. 660; clients "
+             "need write permission); unset: from the umask")
+    unix_socket_group: str | None = option(
+        None, section="sockets", metavar="GROUP",
+        help="group (name or id) that owns the unix: sockets zeus creates, e.g. the web "
+             "server's, with unix_socket_mode 660")
+
+    # -- privileges
+    user: str | None = option(
+        None, section="security", metavar="USER",
+        help="run the workers as this user (name or uid); needs zeus started as root, which "
+             "the front stays")
+    group: str | None = option(
+        None, section="security", metavar="GROUP",
+        help="run the workers with this group (name or gid) instead of the user's primary one")
+    umask: str | None = option(
+        None, section="security", parse=parse_mode, metavar="MODE",
+        help="umask of the worker processes, in octal (e.g. 027); unset: inherited")
+    allow_root: bool = option(
+        False, section="security", flag=True, parse=parse_bool,
+        help="let workers run as root: zeus started as root without --user refuses to start "
+             "unless this is set")
+
+    # -- metrics and health
+    metrics_bind: str | None = option(
+        None, section="metrics", parse=check_bind, metavar="ADDRESS",
+        help="serve Prometheus metrics (and the health paths) on this separate address: "
+             "HOST:PORT, unix:PATH or fd://N; unset: no metrics endpoint")
+    metrics_path: str = option(
+        "/metrics", section="metrics", parse=parse_path, metavar="PATH",
+        help="path of the metrics on the metrics bind")
+    health_path: str | None = option(
+        None, section="metrics", parse=parse_path, metavar="PATH",
+        help="liveness path the front answers itself (200 while it runs), on the app's binds "
+             "too; unset: only /healthz on the metrics bind")
+    ready_path: str | None = option(
+        None, section="metrics", parse=parse_path, metavar="PATH",
+        help="readiness path the front answers itself (200 while a worker is ready and the "
+             "server is not draining, else 503), on the app's binds too; unset: only /readyz "
+             "on the metrics bind")
 
 
 FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}

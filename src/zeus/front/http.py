@@ -167,6 +167,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.server.metrics.client_pauses += 1  # back-pressure from a slow client
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -335,6 +336,11 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _answer(self, req: _Request) -> bool:
         """Answer one request; return whether the connection may carry another."""
+        health = self.server.health
+        if health.on_app_bind:  # --health-path / --ready-path: the front answers, no worker
+            probed = health.answer(self.transport, req.method, req.url, req.keep_alive)
+            if probed is not None:
+                return probed
         head = RequestHead(
             method=req.method,
             target=bytes(req.url),
@@ -533,6 +539,7 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------- helpers
 
     def _access(self, req: _Request, status: int, sent: int, started: float) -> None:
+        self.server.metrics.observe(req.method, status, sent, started)
         if self.server.access_log:
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d %d %.1fms',

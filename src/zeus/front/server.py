@@ -16,19 +16,22 @@ import asyncio
 import contextlib
 import email.utils
 import logging
-import os
 import signal
 import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from zeus.config import Settings, parse_bind
+from zeus.errors import ConfigError
 from zeus.exitcodes import ServerExit
+from zeus.front import systemd
+from zeus.front.health import Health
 from zeus.front.http import HttpProtocol
 from zeus.front.limits import HttpLimits, error_response
+from zeus.front.metrics import FrontMetrics, MetricsEndpoint
+from zeus.front.unixsocket import SocketFile, bind_unix
 from zeus.pool import BootFailure, Pool, PoolConfig
 
 log = logging.getLogger("zeus.front")
@@ -44,11 +47,14 @@ class ServeConfig:
     access_log: bool = False
     backlog: int = 2048
     reuse_port: bool = False
+    unix_socket_mode: int | None = None  # permissions of unix: sockets (None: umask's)
+    unix_socket_gid: int | None = None  # their group (None: the front's)
     settings: Settings = field(default_factory=Settings)  # everything, for the newer features
 
 
-def bind_socket(spec: str, *, backlog: int, reuse_port: bool) -> socket.socket:
-    """Create and listen on the socket ``spec`` names."""
+def bind_socket(spec: str, *, backlog: int, reuse_port: bool, unix_mode: int | None = None,
+                unix_gid: int | None = None) -> socket.socket:
+    """Create and listen on the socket ``spec`` names (unix: see front/unixsocket.py)."""
     kind, where = parse_bind(spec)
     if kind == "fd":
         assert isinstance(where, int)
@@ -57,11 +63,7 @@ def bind_socket(spec: str, *, backlog: int, reuse_port: bool) -> socket.socket:
         return sock
     if kind == "unix":
         assert isinstance(where, str)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(where).st_mode):
-                os.unlink(where)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(where)
+        return bind_unix(where, backlog=backlog, mode=unix_mode, gid=unix_gid)
     else:
         assert isinstance(where, tuple)
         host, port = where
@@ -101,6 +103,11 @@ class FrontServer:
         self.date_header = b""
         self._date_timer: asyncio.TimerHandle | None = None
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self.notifier = systemd.Notifier.from_environment()  # sd_notify; silent off systemd
+        self._reloaded: asyncio.Task[None] | None = None
+        self.metrics = FrontMetrics()  # counted as requests are answered (front/metrics.py)
+        self.health = Health(self)  # liveness and readiness (front/health.py)
+        self.scrape = MetricsEndpoint(self)  # the metrics bind (--metrics-bind), if any
         self._update_date()
 
     def _update_date(self) -> None:
@@ -110,6 +117,7 @@ class FrontServer:
 
     def error_response(self, status: int, detail: str, *, close: bool) -> bytes:
         """An error response with the current Date header."""
+        self.metrics.error(status)
         raw = error_response(status, detail, close=close)
         head, _, body = raw.partition(b"\r\n\r\n")
         return head + b"\r\n" + self.date_header + b"\r\n" + body
@@ -117,9 +125,15 @@ class FrontServer:
     async def serve(self, sockets: list[socket.socket]) -> int:
         """Run until a signal says stop; return the exit status."""
         try:
+            await self.scrape.start()  # before the workers boot: probes see "not ready"
+        except OSError as exc:
+            log.critical("cannot bind the metrics endpoint: %s", exc)
+            return ServerExit.USAGE
+        try:
             await self.pool.start()
         except BootFailure as exc:
             log.critical("%s", exc)
+            self.scrape.close()
             return ServerExit.BOOT_FAILURE
         for sock in sockets:
             server = await self.loop.create_server(
@@ -130,6 +144,7 @@ class FrontServer:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
                     signal.SIGTTOU):
             self.loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        self.notifier.ready(self._status())
         halted: asyncio.Future[Any] = self.pool.halted
         try:
             while True:
@@ -145,14 +160,18 @@ class FrontServer:
                 sig = getter.result()
                 if sig == signal.SIGTERM:
                     log.info("SIGTERM: draining")
+                    self.notifier.stopping("draining: finishing requests in flight")
                     await self.shutdown(graceful=True)
                     return ServerExit.OK
                 if sig == signal.SIGINT:
                     log.info("SIGINT: stopping")
+                    self.notifier.stopping("stopping")
                     await self.shutdown(graceful=False)
                     return ServerExit.OK
                 if sig == signal.SIGHUP:
                     log.info("SIGHUP: rolling reload of the workers")
+                    self.notifier.reloading("rolling reload of the workers")
+                    self._notify_when_reloaded()  # before the reload starts new workers
                     self.pool.reload()
                 elif sig == signal.SIGTTIN:
                     self.pool.scale(+1)
@@ -166,6 +185,31 @@ class FrontServer:
                 self.loop.remove_signal_handler(sig)
             if self._date_timer is not None:
                 self._date_timer.cancel()
+            if self._reloaded is not None:
+                self._reloaded.cancel()
+            self.notifier.close()
+            self.scrape.close()  # last: readiness says 503 on it until the drain is over
+
+    def _status(self) -> str:
+        """The STATUS= line systemd shows."""
+        ready = sum(1 for w in self.pool.workers if w.state.value == "ready")
+        return f"serving; {ready} of {len(self.pool.workers)} workers ready"
+
+    def _notify_when_reloaded(self) -> None:
+        """Send READY=1 once every worker that predates the reload has been replaced."""
+        if not self.notifier.enabled:
+            return
+        old = {w.pid for w in self.pool.workers}
+        if self._reloaded is not None:
+            self._reloaded.cancel()
+
+        async def wait() -> None:
+            while any(w.pid in old for w in self.pool.workers) or not any(
+                    w.state.value == "ready" for w in self.pool.workers):
+                await asyncio.sleep(0.05)  # only while a reload rolls (the pool has no event)
+            self.notifier.ready(self._status())
+
+        self._reloaded = self.loop.create_task(wait(), name="zeus-notify-reloaded")
 
     async def shutdown(self, *, graceful: bool) -> None:
         """Stop accepting; drain (graceful) or drop connections; stop the pool."""
@@ -195,15 +239,30 @@ def run(config: ServeConfig) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop_factory = asyncio.new_event_loop
     sockets: list[socket.socket] = []
+    files: list[SocketFile] = []  # unix socket files to remove on exit
     try:
-        for spec in config.binds:
+        activated = systemd.listen_fds()  # they replace the binds (see front/systemd.py)
+        sockets.extend(a.sock for a in activated)
+        if activated and list(config.binds) != list(Settings().bind):
+            log.warning("socket activation: %d socket(s) from systemd; bind %s ignored",
+                        len(activated), ", ".join(config.binds))
+        elif activated:
+            log.info("socket activation: %d socket(s) from systemd", len(activated))
+        for spec in config.binds if not activated else ():
             sockets.append(
-                bind_socket(spec, backlog=config.backlog, reuse_port=config.reuse_port)
+                bind_socket(spec, backlog=config.backlog, reuse_port=config.reuse_port,
+                            unix_mode=config.unix_socket_mode, unix_gid=config.unix_socket_gid)
             )
-    except (OSError, ValueError) as exc:
+            kind, where = parse_bind(spec)
+            if kind == "unix":
+                assert isinstance(where, str)
+                files.append(SocketFile.of(where))
+    except (OSError, ValueError, ConfigError) as exc:
         log.critical("cannot bind: %s", exc)
         for s in sockets:
             s.close()
+        for f in files:
+            f.remove()
         return ServerExit.USAGE
     loop = loop_factory()
     asyncio.set_event_loop(loop)
@@ -214,5 +273,7 @@ def run(config: ServeConfig) -> int:
         for s in sockets:
             with contextlib.suppress(OSError):
                 s.close()
+        for f in files:
+            f.remove()
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

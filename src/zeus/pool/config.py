@@ -59,6 +59,7 @@ class WorkerStatistics:
     rss: int | None
     cpu_seconds: float | None
     arena_in_use: int
+    arena_size: int = 0  # the front's (request) part of the arena
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +74,5 @@ class PoolStatistics:
     completed: int
     restarts: dict[str, int]
     queue_wait_total: float
+    queue_waits: int = 0  # requests that waited in the queue (queue_wait_total is their sum)
+    space_waits: int = 0  # sends to a worker that waited for ring or arena space

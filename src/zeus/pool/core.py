@@ -95,6 +95,8 @@ class Pool:
         self._cgroup: CgroupMemory | None = None
         self._completed = 0
         self._queue_wait = 0.0
+        self._queue_waits = 0
+        self._space_waits = 0  # of the workers gone (a live worker's count is in its pump)
         self._restarts: dict[str, int] = {c.value: 0 for c in ExitCause}
         self._ready_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[None]] = set()
@@ -252,6 +254,7 @@ class Pool:
         finally:
             timer.cancel()
             self._queue_wait += time.monotonic() - start
+            self._queue_waits += 1
 
     def _queue_expired(self, entry: tuple[Exchange, asyncio.Future[WorkerHandle]]) -> None:
         _, fut = entry
@@ -551,6 +554,7 @@ class Pool:
         for old in self._workers:
             if old.replacement is w:
                 old.replacement = None  # the next worker started takes its place
+        self._space_waits += w.pump.space_waits
         try:
             w.pump.close()
         finally:
@@ -691,6 +695,7 @@ class Pool:
             stats.append(WorkerStatistics(
                 w.index, w.pid, w.state.value, len(w.in_flight), w.requests, w.process.rss(),
                 w.process.cpu_seconds(), st.arena_in_use if st else 0,
+                w.region.geometry.req_arena_size,
             ))
         ready = [w for w in self._workers if w.state is WState.READY]
         busy = sum(1 for w in ready if w.in_flight)
@@ -703,6 +708,8 @@ class Pool:
             completed=self._completed,
             restarts=dict(self._restarts),
             queue_wait_total=self._queue_wait,
+            queue_waits=self._queue_waits,
+            space_waits=self._space_waits + sum(w.pump.space_waits for w in self._workers),
         )
 
     def __repr__(self) -> str:

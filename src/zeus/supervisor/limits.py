@@ -13,6 +13,8 @@ runs, and they bind the worker alone.  rlimits survive exec:
   and writable: the worker joins its own child cgroup before exec, and the kernel's OOM killer
   kills it alone (SIGKILL, counted in ``memory.events``).  Without a writable cgroup, ``memory``
   falls back to RLIMIT_AS, and the log says so.
+* ``privileges`` -> the user, groups and umask the worker takes (``privileges.py``), applied
+  last: joining a cgroup and raising an rlimit need the front's root.
 
 ``preexec`` only makes system calls (no allocation-heavy Python, no logging, no locks), as
 code between fork and exec must.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from zeus import _native
+from zeus.supervisor.privileges import Privileges
 
 _CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 
@@ -42,6 +45,7 @@ class Limits:
     cpu_seconds: int = 0
     open_files: int = 0
     memory: int = 0
+    privileges: Privileges | None = None  # user, groups, umask taken last (privileges.py)
 
     def any(self) -> bool:
         """Whether any limit is set."""
@@ -129,6 +133,7 @@ def make_preexec(
     procs = str(cgroup_procs) if cgroup_procs is not None else None
     sigs = set(unblock)
     parent = os.getpid()
+    drop = limits.privileges
 
     def preexec() -> None:
         # A worker must not outlive its front (a hung one would spin forever, orphaned).
@@ -143,6 +148,12 @@ def make_preexec(
                 os.close(fd)
         for which, soft, hard in rlimits:
             resource.setrlimit(which, (soft, hard))
+        if drop is not None:  # last: joining the cgroup and raising rlimits need root
+            drop.apply()
+            # New credentials clear the parent-death signal (prctl(2)): set it again.
+            _native.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
         if sigs:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
 

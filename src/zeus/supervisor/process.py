@@ -61,6 +61,12 @@ class WorkerProcess:
                 cwd=cwd,
                 close_fds=True,
             )
+        except PermissionError as exc:  # exec as --user: say who could not run it
+            who = limits.privileges
+            if who is None or not who.changes_identity():
+                raise
+            raise PermissionError(exc.errno, f"{exc.strerror} (as user {who.user or who.uid})",
+                                  exc.filename) from None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.pid: Final = self.popen.pid
