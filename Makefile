@@ -8,7 +8,7 @@ NATIVE := src/zeus/_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfi
 # workers.  Elsewhere zeus started as root refuses to unless --user or --allow-root is given.
 export ZEUS_ALLOW_ROOT ?= 1
 
-.PHONY: all install native run test unit lint typecheck check bench bench-http docs scaleout clean
+.PHONY: all install native run test unit lint typecheck check bench bench-http docs scaleout fuzz chaos slow soak drain reliability clean
 
 all: install
 
@@ -30,7 +30,7 @@ run: install
 	$(BIN)/zeus serve examples.hello:app --bind 127.0.0.1:8000 --access-log
 
 lint: install
-	$(BIN)/ruff check src tests bench examples scripts docs/mkdocs_hooks.py
+	$(BIN)/ruff check src tests bench examples scripts reliability docs/mkdocs_hooks.py
 
 typecheck: install
 	$(BIN)/mypy
@@ -47,6 +47,32 @@ bench: install
 
 bench-http: install
 	$(BIN)/python bench/http.py
+
+## fuzz: the long runs of RELIABILITY.md "Hostile workers" and "Bad HTTP and fuzzing": the
+## channel reader (100,000 seeded cases + 10,000 hypothesis cases), the HTTP front (100,000
+## mutated requests) and 200 rounds of hostile workers under load
+fuzz: install
+	$(BIN)/python -m reliability.fuzz_channel --engine random --cases 100000
+	$(BIN)/python -m reliability.fuzz_channel --cases 10000
+	$(BIN)/python -m reliability.fuzz_http --cases 100000
+	$(BIN)/python -m reliability.hostile --rounds 200
+
+## chaos, slow, soak, drain: the long runs of RELIABILITY.md (each prints its table and exits
+## non-zero if an invariant breaks); reliability: all four.  Extra options in CHAOS_ARGS,
+## SLOW_ARGS, SOAK_ARGS, DRAIN_ARGS (e.g. CHAOS_ARGS="--quick", SOAK_ARGS="--requests 100000")
+chaos: install
+	$(BIN)/python -m reliability.chaos $(CHAOS_ARGS)
+
+slow: install
+	$(BIN)/python -m reliability.slow $(SLOW_ARGS)
+
+soak: install
+	$(BIN)/python -m reliability.soak $(SOAK_ARGS)
+
+drain: install
+	$(BIN)/python -m reliability.drain $(DRAIN_ARGS)
+
+reliability: chaos slow soak drain
 
 ## docs: the documentation site into site/ (the configuration reference is generated)
 docs: install

@@ -571,6 +571,9 @@ def bench_server(srv: Server, outcome: Outcome, wrk: str, seconds: int, lua: str
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     env.pop("WEB_CONCURRENCY", None)
+    # The peers run their workers as whoever runs the benchmark (root on a CI machine); so
+    # does zeus, which otherwise refuses root workers (security.allow_root).
+    env.setdefault("ZEUS_ALLOW_ROOT", "1")
     errlog = os.path.join(tmp, f"{srv.name}.log")
     log(f"[{srv.name}] starting: {' '.join(argv)}")
     started = time.monotonic()

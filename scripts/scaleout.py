@@ -373,6 +373,7 @@ def _drive(a: Instance, proxy: NginxProxy, load: Load, names: dict[str, str], o:
     down = time.monotonic()
     say(f"A exited with {status} after {down - term:.2f} s")
     stop.wait(o.phase)
+    restart = time.monotonic()  # from here A may answer (nginx can reach it before our poll)
     a.start()
     wait_until(a.answers, 60, "zeus A to answer again")
     ready = time.monotonic()
@@ -385,7 +386,8 @@ def _drive(a: Instance, proxy: NginxProxy, load: Load, names: dict[str, str], o:
                 if x.sent > ready and names.get(x.upstream) == "A")
     say(f"A is back: first request {first - ready:.2f} s after it was ready")
     stop.wait(o.phase)
-    return {"leave": leave, "term": term, "down": down, "ready": ready, "first": first,
+    return {"leave": leave, "term": term, "down": down, "restart": restart, "ready": ready,
+            "first": first,
             "status": float(status)}
 
 
@@ -394,7 +396,7 @@ def _phase(t: float, marks: dict[str, float]) -> str:
         return "before"
     if t < marks["down"]:
         return "drain"
-    if t < marks["ready"]:
+    if t < marks["restart"]:
         return "down"
     return "back"
 

@@ -1423,6 +1423,52 @@ Endpoint_refresh_moved(Endpoint *self, PyObject *Py_UNUSED(ignored))
                          (unsigned long long)f, moved);
 }
 
+/* prepare_sleep(sleep_word, wake_word, peer_state_word, closed, word, awake) -> int:
+   Channel.prepare_sleep's sequence in one call.  -1: news (a move the sleeper waits for, as
+   `word` says, or the peer CLOSED) before announcing anything; -2: announced `word`, then
+   found news after the fence and withdrew (stored `awake`); else the wake sequence to sleep
+   on, with `word` published in the sleep word.  Store, full fence, re-check (PROTOCOL.md,
+   "Waking"). */
+static PyObject *
+Endpoint_prepare_sleep(Endpoint *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "prepare_sleep(sleep_word, wake_word, peer_state_word, closed, word, awake)");
+        return NULL;
+    }
+    Py_ssize_t sw = PyLong_AsSsize_t(args[0]), ww = PyLong_AsSsize_t(args[1]),
+               pw = PyLong_AsSsize_t(args[2]);
+    unsigned long closed = PyLong_AsUnsignedLong(args[3]), word = PyLong_AsUnsignedLong(args[4]),
+                  awake = PyLong_AsUnsignedLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!usable(self) || check_off(self->map, sw, 4) < 0 || check_off(self->map, ww, 4) < 0 ||
+        check_off(self->map, pw, 4) < 0)
+        return NULL;
+    uint64_t h, t, f;
+    int moved;
+    if (do_refresh(self, &h, &t, &f, &moved) < 0)
+        return NULL;
+    int want = ((word & WANT_DATA) ? 1 : 0) | ((word & WANT_SPACE) ? 2 : 0);
+    Mapping *m = self->map;
+    if ((moved & want) || atomic_load_explicit(U32(m, pw), memory_order_acquire) == closed)
+        return PyLong_FromLong(-1);
+    uint32_t seq = atomic_load_explicit(U32(m, ww), memory_order_acquire);
+    atomic_store_explicit(U32(m, sw), (uint32_t)word, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (((word & WANT_DATA) &&
+         atomic_load_explicit(U64(m, self->peer_head_word), memory_order_acquire) != h) ||
+        ((word & WANT_SPACE) &&
+         (atomic_load_explicit(U64(m, self->peer_tail_word), memory_order_acquire) != t ||
+          atomic_load_explicit(U64(m, self->peer_freed_word), memory_order_acquire) != f)) ||
+        atomic_load_explicit(U32(m, pw), memory_order_acquire) == closed) {
+        atomic_store_explicit(U32(m, sw), (uint32_t)awake, memory_order_release);
+        return PyLong_FromLong(-2);
+    }
+    return PyLong_FromUnsignedLong(seq);
+}
+
 /* wake_peer(): wake the peer unconditionally (after publishing CLOSED): bump its wake word,
    FUTEX_WAKE every waiter, and ring the doorbell if there is one. */
 static PyObject *
@@ -1489,6 +1535,8 @@ static PyMethodDef Endpoint_methods[] = {
     {"refresh_moved", (PyCFunction)Endpoint_refresh_moved, METH_NOARGS,
      "As refresh(), with a bit mask: 1 the head moved, 2 the tail or release position."},
     {"state", (PyCFunction)Endpoint_state, METH_NOARGS, "Local counters as a dict."},
+    {"prepare_sleep", (PyCFunction)(void (*)(void))Endpoint_prepare_sleep, METH_FASTCALL,
+     "Announce sleep (store, full fence, re-check) in one call: a wake sequence, or -1/-2."},
     {"wake_peer", (PyCFunction)Endpoint_wake_peer, METH_NOARGS,
      "Wake the peer unconditionally (futex and doorbell)."},
     {NULL, NULL, 0, NULL},
@@ -1543,7 +1591,403 @@ native_set_pdeathsig(PyObject *Py_UNUSED(m), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* ---- The message codec's hot path (zeus.core.codec is the specification) ----
+   Pure byte layout, no policy: the same formats and the same checks as codec.py, which stays
+   the executable specification; tests/unit/test_codec_native.py compares the two. */
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len, cap;
+} OutBuf;
+
+static int
+out_put(OutBuf *o, const void *p, Py_ssize_t n)
+{
+    if (o->len + n > o->cap) {
+        Py_ssize_t ncap = o->cap * 2 > o->len + n ? o->cap * 2 : o->len + n + 256;
+        char *nb = PyMem_Realloc(o->buf, (size_t)ncap);
+        if (!nb) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        o->buf = nb;
+        o->cap = ncap;
+    }
+    if (n)
+        memcpy(o->buf + o->len, p, (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+/* Append a length prefix of `width` bytes (1, 2 or 4, little-endian) and the bytes. */
+static int
+out_str(OutBuf *o, int width, const char *p, Py_ssize_t n)
+{
+    uint64_t limit = width == 1 ? 0xFFu : width == 2 ? 0xFFFFu : 0xFFFFFFFFu;
+    if ((uint64_t)n > limit) {
+        PyErr_Format(PyExc_OverflowError, "field of %zd bytes does not fit a u%d length", n,
+                     width * 8);
+        return -1;
+    }
+    unsigned char pre[4] = {(unsigned char)(n & 0xFF), (unsigned char)((n >> 8) & 0xFF),
+                            (unsigned char)((n >> 16) & 0xFF), (unsigned char)((n >> 24) & 0xFF)};
+    if (out_put(o, pre, width) < 0)
+        return -1;
+    return out_put(o, p, n);
+}
+
+static int
+out_obj(OutBuf *o, int width, PyObject *obj)
+{
+    if (PyBytes_CheckExact(obj))
+        return out_str(o, width, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj));
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    int rc = out_str(o, width, b.buf, b.len);
+    PyBuffer_Release(&b);
+    return rc;
+}
+
+static int
+out_host(OutBuf *o, PyObject *host)
+{
+    if (host == Py_None)
+        return out_str(o, 1, "", 0);
+    PyObject *enc = PyUnicode_AsLatin1String(host);
+    if (!enc)
+        return -1;
+    int rc = out_str(o, 1, PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
+    Py_DECREF(enc);
+    return rc;
+}
+
+/* Append n_headers x (str16 name, str32 value) from a sequence of 2-tuples. */
+static int
+out_headers(OutBuf *o, PyObject *seq)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "headers must be (name, value) pairs");
+            return -1;
+        }
+        if (out_obj(o, 2, PyTuple_GET_ITEM(pair, 0)) < 0 ||
+            out_obj(o, 4, PyTuple_GET_ITEM(pair, 1)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* encode_request_head(method, target, headers, http_version, https, client_host,
+   client_port, server_host, server_port) -> bytes (codec.encode_request_head's layout). */
+static PyObject *
+native_encode_request_head(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode_request_head takes 9 arguments");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[2], "headers must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(seq);
+    int https = PyObject_IsTrue(args[4]);
+    unsigned long cport = PyLong_AsUnsignedLong(args[6]);
+    unsigned long sport = PyLong_AsUnsignedLong(args[8]);
+    PyObject *res = NULL;
+    OutBuf o = {PyMem_Malloc(512), 0, 512};
+    if (!o.buf) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    if (https < 0 || PyErr_Occurred())
+        goto out;
+    if (nh > 0xFFFF || cport > 0xFFFF || sport > 0xFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "header count or port out of range");
+        goto out;
+    }
+    unsigned char fixed[8] = {1, (unsigned char)(https ? 1 : 0),
+                              (unsigned char)(nh & 0xFF), (unsigned char)(nh >> 8),
+                              (unsigned char)(cport & 0xFF), (unsigned char)(cport >> 8),
+                              (unsigned char)(sport & 0xFF), (unsigned char)(sport >> 8)};
+    if (out_put(&o, fixed, 8) < 0 || out_obj(&o, 1, args[0]) < 0 || out_obj(&o, 2, args[1]) < 0 ||
+        out_obj(&o, 1, args[3]) < 0 || out_host(&o, args[5]) < 0 || out_host(&o, args[7]) < 0 ||
+        out_headers(&o, seq) < 0)
+        goto out;
+    res = PyBytes_FromStringAndSize(o.buf, o.len);
+out:
+    PyMem_Free(o.buf);
+    Py_DECREF(seq);
+    return res;
+}
+
+/* encode_response_head(status, headers) -> bytes (codec.encode_response_head's layout). */
+static PyObject *
+native_encode_response_head(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "encode_response_head(status, headers)");
+        return NULL;
+    }
+    unsigned long status = PyLong_AsUnsignedLong(args[0]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (status > 0xFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "status out of range");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[1], "headers must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(seq);
+    PyObject *res = NULL;
+    OutBuf o = {PyMem_Malloc(256), 0, 256};
+    if (!o.buf) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    uint32_t n32 = (uint32_t)nh;
+    unsigned char fixed[8] = {1, 0, (unsigned char)(status & 0xFF), (unsigned char)(status >> 8),
+                              (unsigned char)(n32 & 0xFF), (unsigned char)((n32 >> 8) & 0xFF),
+                              (unsigned char)((n32 >> 16) & 0xFF), (unsigned char)(n32 >> 24)};
+    if (out_put(&o, fixed, 8) < 0 || out_headers(&o, seq) < 0)
+        goto out;
+    res = PyBytes_FromStringAndSize(o.buf, o.len);
+out:
+    PyMem_Free(o.buf);
+    Py_DECREF(seq);
+    return res;
+}
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t len, pos;
+} InBuf;
+
+static PyObject *
+codec_broken(const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg) {
+        PyErr_SetObject(PeerBrokenError ? PeerBrokenError : PyExc_RuntimeError, msg);
+        Py_DECREF(msg);
+    }
+    return NULL;
+}
+
+/* Read a little-endian unsigned of `width` bytes: 0 ok, -1 "head truncated" raised. */
+static int
+in_uint(InBuf *b, int width, uint64_t *v)
+{
+    if (b->pos + width > b->len) {
+        codec_broken("head truncated");
+        return -1;
+    }
+    uint64_t x = 0;
+    for (int i = width - 1; i >= 0; i--)
+        x = (x << 8) | b->p[b->pos + i];
+    b->pos += width;
+    *v = x;
+    return 0;
+}
+
+/* Read a strN: a new bytes object, or NULL with the error raised.  `lower` lower-cases it. */
+static PyObject *
+in_str(InBuf *b, int width, int lower)
+{
+    uint64_t n;
+    if (in_uint(b, width, &n) < 0)
+        return NULL;
+    if ((uint64_t)(b->len - b->pos) < n)
+        return codec_broken("head field runs past the message");
+    PyObject *s = PyBytes_FromStringAndSize((const char *)b->p + b->pos, (Py_ssize_t)n);
+    if (s && lower) {
+        char *q = PyBytes_AS_STRING(s);
+        for (uint64_t i = 0; i < n; i++)
+            if (q[i] >= 'A' && q[i] <= 'Z')
+                q[i] = (char)(q[i] + 32);
+    }
+    b->pos += (Py_ssize_t)n;
+    return s;
+}
+
+static int
+is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* decode_response_head(buf) -> (status, headers): parse and validate a response head from a
+   worker, which may be hostile (the checks of codec.decode_response_head, same messages). */
+static PyObject *
+native_decode_response_head(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    InBuf b = {view.buf, view.len, 0};
+    PyObject *headers = NULL, *res = NULL;
+    uint64_t version, reserved, status, nh;
+    if (in_uint(&b, 1, &version) < 0 || in_uint(&b, 1, &reserved) < 0 ||
+        in_uint(&b, 2, &status) < 0 || in_uint(&b, 4, &nh) < 0)
+        goto out;
+    if (version != 1) {
+        codec_broken("response head version %d", (int)version);
+        goto out;
+    }
+    if (status < 100 || status > 999) {
+        codec_broken("response status %d", (int)status);
+        goto out;
+    }
+    if (nh > (uint64_t)(view.len / 6)) {
+        codec_broken("response claims %llu headers in %zd bytes", (unsigned long long)nh,
+                     view.len);
+        goto out;
+    }
+    headers = PyList_New((Py_ssize_t)nh);
+    if (!headers)
+        goto out;
+    for (uint64_t i = 0; i < nh; i++) {
+        PyObject *name = in_str(&b, 2, 0);
+        if (!name)
+            goto out;
+        PyObject *value = in_str(&b, 4, 0);
+        if (!value) {
+            Py_DECREF(name);
+            goto out;
+        }
+        const unsigned char *np = (const unsigned char *)PyBytes_AS_STRING(name);
+        Py_ssize_t nl = PyBytes_GET_SIZE(name);
+        int ok = nl > 0;
+        for (Py_ssize_t k = 0; ok && k < nl; k++)
+            ok = is_tchar(np[k]);
+        if (!ok) {
+            PyObject *cut = PyBytes_FromStringAndSize((const char *)np, nl < 40 ? nl : 40);
+            if (cut) {
+                codec_broken("invalid response header name %R", cut);
+                Py_DECREF(cut);
+            }
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto out;
+        }
+        char *q = PyBytes_AS_STRING(name);
+        for (Py_ssize_t k = 0; k < nl; k++)
+            if (q[k] >= 'A' && q[k] <= 'Z')
+                q[k] = (char)(q[k] + 32);
+        const char *vp = PyBytes_AS_STRING(value);
+        Py_ssize_t vl = PyBytes_GET_SIZE(value);
+        if (memchr(vp, '\r', (size_t)vl) || memchr(vp, '\n', (size_t)vl) ||
+            memchr(vp, '\0', (size_t)vl)) {
+            PyObject *cut = PyBytes_FromStringAndSize(q, nl < 40 ? nl : 40);
+            if (cut) {
+                codec_broken("invalid response header value for %R", cut);
+                Py_DECREF(cut);
+            }
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto out;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (!pair) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto out;
+        }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        PyList_SET_ITEM(headers, (Py_ssize_t)i, pair);
+    }
+    if (b.pos != b.len) {
+        codec_broken("response head has trailing bytes");
+        goto out;
+    }
+    res = Py_BuildValue("(kO)", (unsigned long)status, headers);
+out:
+    Py_XDECREF(headers);
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* decode_request_head(buf) -> (method, target, headers, http_version, https, client_host,
+   client_port, server_host, server_port): codec.decode_request_head's parsing (the worker
+   side; hosts are str, empty when absent). */
+static PyObject *
+native_decode_request_head(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    InBuf b = {view.buf, view.len, 0};
+    PyObject *method = NULL, *target = NULL, *hv = NULL, *ch = NULL, *sh = NULL, *chs = NULL,
+             *shs = NULL, *headers = NULL, *res = NULL;
+    uint64_t version, scheme, nh, cport, sport;
+    if (in_uint(&b, 1, &version) < 0 || in_uint(&b, 1, &scheme) < 0 ||
+        in_uint(&b, 2, &nh) < 0 || in_uint(&b, 2, &cport) < 0 || in_uint(&b, 2, &sport) < 0)
+        goto out;
+    if (version != 1) {
+        codec_broken("request head version %d", (int)version);
+        goto out;
+    }
+    if (!(method = in_str(&b, 1, 0)) || !(target = in_str(&b, 2, 0)) ||
+        !(hv = in_str(&b, 1, 0)) || !(ch = in_str(&b, 1, 0)) || !(sh = in_str(&b, 1, 0)))
+        goto out;
+    if (!(chs = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(ch), PyBytes_GET_SIZE(ch), NULL)) ||
+        !(shs = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(sh), PyBytes_GET_SIZE(sh), NULL)))
+        goto out;
+    headers = PyList_New(0);
+    if (!headers)
+        goto out;
+    for (uint64_t i = 0; i < nh; i++) {
+        PyObject *name = in_str(&b, 2, 0);
+        if (!name)
+            goto out;
+        PyObject *value = in_str(&b, 4, 0);
+        if (!value) {
+            Py_DECREF(name);
+            goto out;
+        }
+        PyObject *pair = PyTuple_Pack(2, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (!pair || PyList_Append(headers, pair) < 0) {
+            Py_XDECREF(pair);
+            goto out;
+        }
+        Py_DECREF(pair);
+    }
+    res = Py_BuildValue("(OOOOOOkOk)", method, target, headers, hv, scheme ? Py_True : Py_False,
+                        chs, (unsigned long)cport, shs, (unsigned long)sport);
+out:
+    Py_XDECREF(method);
+    Py_XDECREF(target);
+    Py_XDECREF(hv);
+    Py_XDECREF(ch);
+    Py_XDECREF(sh);
+    Py_XDECREF(chs);
+    Py_XDECREF(shs);
+    Py_XDECREF(headers);
+    PyBuffer_Release(&view);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
+    {"encode_request_head", (PyCFunction)(void (*)(void))native_encode_request_head,
+     METH_FASTCALL, "Serialise a request head (zeus.core.codec layout)."},
+    {"encode_response_head", (PyCFunction)(void (*)(void))native_encode_response_head,
+     METH_FASTCALL, "Serialise a response head (zeus.core.codec layout)."},
+    {"decode_response_head", native_decode_response_head, METH_O,
+     "Parse and validate a response head: (status, headers)."},
+    {"decode_request_head", native_decode_request_head, METH_O,
+     "Parse a request head into a tuple of its fields."},
     {"set_pdeathsig", native_set_pdeathsig, METH_O,
      "Have the kernel send a signal to this process when its parent exits."},
     {"fence", native_fence, METH_NOARGS, "Full (sequentially consistent) memory fence."},

@@ -93,13 +93,10 @@ class ChannelPump:
             self._asleep = False
             ch.finish_sleep()
         self.drains += 1
+        on_message = self._on_message
         try:
-            while True:
-                try:
-                    msg = ch.recv_nowait()
-                except WouldBlock:
-                    break
-                self._on_message(msg)
+            while (msg := ch.recv_ready()) is not None:
+                on_message(msg)
         except (ZeusError, ValueError) as exc:
             self.fail(exc)
             return

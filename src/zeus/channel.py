@@ -35,6 +35,10 @@ fence and a load of the peer's sleep word (one native call); the publisher wakes
 if it announced sleep, once per sleep.  A blocking wait wakes every ``liveness_interval``
 seconds to check that the peer is still alive, so a peer killed with SIGKILL is noticed
 promptly.
+
+The message codec's four head functions are here too, in C (``encode_request_head``,
+``decode_response_head`` for the front; ``decode_request_head``, ``encode_response_head`` for
+workers): ``zeus.core.codec`` is their specification, and only this layer calls the extension.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from zeus import _native
+from zeus.core.codec import Headers, RequestHead, ResponseHead
 from zeus.core.layout import (
     FLAG_MASK,
     FRONT_PID,
@@ -71,6 +76,41 @@ _EPOCH: Final = 16  # sleep word increment per sleep
 _KINDS_MASK: Final = sum(1 << k for k in KINDS)
 
 _native.set_broken_error(PeerBrokenError)
+
+
+def encode_request_head(head: RequestHead) -> bytes:
+    """``zeus.core.codec.encode_request_head`` in one native call (the front, per request)."""
+    client_host, client_port = head.client or (None, 0)
+    server_host, server_port = head.server or (None, 0)
+    return _native.encode_request_head(
+        head.method, head.target, head.headers, head.http_version, head.scheme == "https",
+        client_host, client_port, server_host, server_port,
+    )
+
+
+def decode_request_head(buf: bytes | memoryview) -> RequestHead:
+    """``zeus.core.codec.decode_request_head`` with the parsing in C (the worker side)."""
+    method, target, headers, version, https, chost, cport, shost, sport = (
+        _native.decode_request_head(buf)
+    )
+    return RequestHead(
+        method=method, target=target, headers=headers, http_version=version,
+        scheme="https" if https else "http",
+        client=(chost, cport) if chost else None,
+        server=(shost, sport) if shost else None,
+    )
+
+
+def encode_response_head(status: int, headers: Headers) -> bytes:
+    """``zeus.core.codec.encode_response_head`` in one native call (the worker side)."""
+    return _native.encode_response_head(status, headers)
+
+
+def decode_response_head(buf: bytes | memoryview) -> ResponseHead:
+    """``zeus.core.codec.decode_response_head`` -- same checks, same errors -- in C (the
+    front decodes every response head a worker sends, and a worker may be hostile)."""
+    status, headers = _native.decode_response_head(buf)
+    return ResponseHead(status, headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +314,18 @@ class Channel:
                 raise WouldBlock("nothing to receive")
         return r
 
+    def recv_ready(self) -> Message | None:
+        """``recv_nowait`` without the exception: the next message, or None if there is none
+        (PeerLostError if the peer closed).  The asyncio pump drains with it."""
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        r = self._ep.recv()
+        if r is None and self._m.load_u32(self._peer_state) == State.CLOSED:
+            r = self._ep.recv()  # it may have published just before closing
+            if r is None:
+                raise PeerLostError("peer closed the channel")
+        return r
+
     def recv(self, *, timeout: float | None = None) -> Message:
         """Wait for the next message; TimeoutError after ``timeout`` seconds."""
         if self._closed:
@@ -291,11 +343,11 @@ class Channel:
                 if msg is not None:
                     spin.won()
                     return msg
-            try:
-                return self.recv_nowait()
-            except WouldBlock:
-                self._recv_waits += 1
-                self._sleep_until_news(deadline, want=WANT_DATA)
+            msg = self.recv_ready()
+            if msg is not None:
+                return msg
+            self._recv_waits += 1
+            self._sleep_until_news(deadline, want=WANT_DATA)
             if budget:
                 spin.lost()
 
@@ -366,29 +418,18 @@ class Channel:
         it (messages, space, or both).  Store, full fence, re-check: a peer that publishes
         after the re-check sees the announcement and wakes us.
         """
-        m = self._m
-        head, tail, freed, moved = self._ep.refresh_moved()
-        # News the caller waits for is already here: let it look again first.  (News it does
-        # not wait for -- say, space, for a receiver -- is no reason to stay awake.)
-        if moved & ((1 if want & WANT_DATA else 0) | (2 if want & WANT_SPACE else 0)):
+        # One native call (Endpoint.prepare_sleep): refresh the peer's words; if news the
+        # caller waits for is already here (news it does not wait for -- say, space, for a
+        # receiver -- is no reason to stay awake) or the peer closed, return at once; else
+        # store the announcement, fence, re-check, and withdraw it if news came meanwhile.
+        epoch = (self._epoch + _EPOCH) & 0xFFFFFFF0
+        word = epoch | _ASLEEP | want | (_DOORBELL if doorbell else 0)
+        seq = self._ep.prepare_sleep(self._sleep_word, self._wake_word, self._peer_state,
+                                     State.CLOSED, word, epoch)
+        if seq == -1:
             return None
-        if m.load_u32(self._peer_state) == State.CLOSED:
-            return None
-        seq = m.load_u32(self._wake_word)
-        self._epoch = (self._epoch + _EPOCH) & 0xFFFFFFF0
-        word = self._epoch | _ASLEEP | want | (_DOORBELL if doorbell else 0)
-        m.store_u32(self._sleep_word, word)
-        _native.fence()
-        if (
-            (want & WANT_DATA and m.load_u64(self._peer_head) != head)
-            or (want & WANT_SPACE and (
-                m.load_u64(self._peer_tail) != tail or m.load_u64(self._peer_freed) != freed
-            ))
-            or m.load_u32(self._peer_state) == State.CLOSED
-        ):
-            self.finish_sleep()
-            return None
-        return seq
+        self._epoch = epoch  # announced (a new epoch per announcement: see wake_if_asleep)
+        return None if seq == -2 else seq
 
     def finish_sleep(self) -> None:
         """Announce that this side is awake again."""

@@ -7,7 +7,6 @@ cannot be imported is a one-line error and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import subprocess
 import sys
@@ -20,10 +19,11 @@ from zeus.config.options import FIELDS, RUN, SECTIONS, SERVE, cli_flag, env_var,
 from zeus.config.reference import effective
 from zeus.errors import ConfigError
 from zeus.exitcodes import ServerExit
-from zeus.front import systemd
+from zeus.front import logs, systemd
 from zeus.front.limits import HttpLimits
 from zeus.front.metrics import check_settings as check_metrics
 from zeus.front.server import ServeConfig, run
+from zeus.hooks import Hooks
 from zeus.pool import PoolConfig, worker_argv
 from zeus.supervisor.balancer import Balance
 from zeus.supervisor.limits import Limits
@@ -65,7 +65,7 @@ def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
         default = getattr(Settings(), name)
         shown = opt.default_doc or ("unset" if default is None else
                                     ", ".join(map(str, default)) if opt.multiple else default)
-        help_text = f"{opt.help} (default {shown}; env {env_var(name)})"
+        help_text = f"{opt.help} (default {shown}; env {env_var(name)})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if opt.flag:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -183,6 +183,9 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         allow_root=settings.allow_root)
     unix_gid = lookup_group(settings.unix_socket_group) if settings.unix_socket_group else None
     check_metrics(settings)
+    if settings.log_config:
+        logs.read_log_config(settings.log_config)  # applied by setup_logging; checked now
+    hooks = Hooks.from_settings(settings, cwd)  # imported now: a typo is a one-line error
     if command == SERVE:
         if not settings.app:
             raise ConfigError("no application: give module:app, or app = ... in the config")
@@ -233,22 +236,20 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         pool=pool,
         binds=list(settings.bind),
         limits=limits,
-        access_log=settings.access_log,
+        access_log=settings.access_log or bool(settings.access_log_file),
         backlog=settings.backlog,
         reuse_port=settings.reuse_port,
         unix_socket_mode=int(settings.unix_socket_mode, 8) if settings.unix_socket_mode else None,
         unix_socket_gid=unix_gid,
         settings=settings,
+        hooks=hooks,
     )
 
 
 def setup_logging(settings: Settings) -> None:
-    """The error log: stderr at ``log_level``."""
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper()),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-        stream=sys.stderr,
-    )
+    """The error log (stderr or ``error_log``), the access log's destination, and
+    ``log_config`` on top (see front/logs.py); ConfigError if one cannot be set up."""
+    logs.setup(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_from_settings(settings, command)  # the app must import, too
             sys.stdout.write(effective(resolved))
             return ServerExit.OK
-        setup_logging(settings)
         config = config_from_settings(settings, command)
+        setup_logging(settings)  # after the checks: their errors reach the terminal
     except ConfigError as exc:
         print(f"zeus: error: {exc}", file=sys.stderr)
         return ServerExit.USAGE

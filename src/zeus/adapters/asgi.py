@@ -53,8 +53,8 @@ from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from zeus.aiochannel import ChannelPump
-from zeus.channel import Channel, Message
-from zeus.core.codec import Headers, RequestHead, decode_request_head, encode_response_head
+from zeus.channel import Channel, Message, decode_request_head, encode_response_head
+from zeus.core.codec import Headers, RequestHead
 from zeus.core.layout import Flag, Kind
 from zeus.errors import PeerBrokenError, PeerLostError, ZeusError
 from zeus.exitcodes import WorkerExit

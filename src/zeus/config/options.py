@@ -168,6 +168,13 @@ def check_hook(spec: str) -> str:
     return spec
 
 
+def check_access_log_format(text: str) -> str:
+    """An access log format (gunicorn-style atoms, or ``json``), compiled to check it."""
+    from zeus.front.accesslog import check_format  # the format's grammar lives with its user
+
+    return check_format(text)
+
+
 # ------------------------------------------------------------------------------ declaration
 
 
@@ -300,6 +307,22 @@ class Settings:
         help="the error log's level")
     access_log: bool = option(False, section="logging", flag=True, parse=parse_bool,
                               help="log every request")
+    access_log_format: str = option(
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"', section="logging",
+        parse=check_access_log_format, metavar="FORMAT",
+        help="the access log's line: gunicorn-style atoms (h, r, s, M, {header}i ... see the "
+             "logging docs), or json for one JSON object per line")
+    access_log_file: str | None = option(
+        None, section="logging", metavar="FILE",
+        help="write the access log to FILE, - for stdout (setting it turns the access log on); "
+             "unset: stderr, with the error log")
+    error_log: str | None = option(
+        None, section="logging", metavar="FILE",
+        help="append the error log, and the workers' stderr, to FILE; unset or -: stderr")
+    log_config: str | None = option(
+        None, section="logging", metavar="FILE",
+        help="a logging configuration applied after Zeus's own: dictConfig as .json or .toml, "
+             "or fileConfig as .ini/.conf; what it configures wins")
 
     # -- sockets and systemd
     reuse_port: bool = option(False, section="sockets", flag=True, parse=parse_bool,
@@ -346,6 +369,30 @@ class Settings:
         help="readiness path the front answers itself (200 while a worker is ready and the "
              "server is not draining, else 503), on the app's binds too; unset: only /readyz "
              "on the metrics bind")
+
+    # -- hooks (zeus/hooks.py; docs/hooks.md says when each runs and with what)
+    on_starting: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called with the settings before anything is bound or started; an exception "
+             "aborts the start")
+    when_ready: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called once listening with a worker ready")
+    pre_spawn: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called before each worker process is started")
+    worker_ready: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called when a worker has booted and takes requests")
+    worker_exit: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called when a worker process has ended, with how and why")
+    on_reload: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called on SIGHUP, before the rolling reload starts new workers")
+    on_exit: str | None = option(
+        None, section="hooks", parse=check_hook, metavar="MODULE:FUNCTION",
+        help="called when the server has stopped, just before it exits")
 
 
 FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}

@@ -25,6 +25,10 @@ response head::
 ``strN`` is a uN byte length followed by that many bytes (latin-1 for text, as in WSGI).
 The front validates every response head it decodes (a worker may be hostile): lengths inside
 the message, status in 100..999, header names tokens, no CR, LF or NUL in values.
+
+This module is the specification.  The per-request path uses the same four functions written in
+C (``zeus.channel.encode_request_head`` and friends, over ``zeus._native``): same bytes, same
+checks, same error messages, compared against this module by ``tests/unit/test_codec_native.py``.
 """
 
 from __future__ import annotations

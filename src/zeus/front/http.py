@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, cast
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from zeus.front.server import FrontServer
 
 log = logging.getLogger("zeus.front")
-access_log = logging.getLogger("zeus.access")
 
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"upgrade", b"te",
@@ -72,9 +71,12 @@ class _Request:
     __slots__ = (
         "body",
         "body_bytes",
+        "chunks",
         "complete",
         "content_length",
         "expect_continue",
+        "framing",
+        "has_host",
         "has_te",
         "header_bytes",
         "headers",
@@ -96,6 +98,9 @@ class _Request:
         self.keep_alive = True
         self.content_length: int | None = None
         self.has_te = False
+        self.has_host = False
+        self.chunks = 0  # chunk-size lines parsed
+        self.framing = 0  # chunk framing bytes beyond the allowance (see data_received)
         self.expect_continue = False
         self.body: deque[bytes] = deque()
         self.body_bytes = 0  # buffered in the front now
@@ -123,6 +128,9 @@ class HttpProtocol(asyncio.Protocol):
         self.queue: deque[_Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when ``timer`` fires (loop time)
+        self.deadline = 0.0  # when ``on_deadline`` is due (loop time)
+        self.on_deadline: Callable[[], None] | None = None
         self.closing = False
         self.reading_paused = False
         self.write_paused = False
@@ -135,6 +143,7 @@ class HttpProtocol(asyncio.Protocol):
         self.response_started = False
         self.eof = False
         self.fd = -1  # the socket, for writes straight from shared memory
+        self.drain_seen = False  # close_if_idle found it idle once (graceful shutdown)
 
     # ------------------------------------------------------------- transport
 
@@ -177,6 +186,10 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The client half-closed: answer the complete requests, then close."""
         self.eof = True
+        if self.closing:  # we half-closed first (close_if_idle): both ends are done
+            if self.transport is not None:
+                self.transport.close()
+            return True
         if self.queue and not self.queue[0].complete:
             self._abandon_current()  # its body will never come
             return True
@@ -191,6 +204,11 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        chunking = self.parsing  # a chunked body in progress: see below
+        if chunking is not None and chunking.has_te and chunking.method:
+            body_mark, chunks_mark = chunking.received, chunking.chunks
+        else:
+            chunking = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -201,6 +219,16 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(rej.status, rej.detail)
             else:
                 self._reject(400, _parser_detail(exc))
+        if chunking is not None and chunking is self.parsing and not self.closing:
+            # All of ``data`` was this chunked body: what is not body is chunk framing (size
+            # lines, extensions, trailers).  Allow 16 bytes a chunk and one per body byte; past
+            # that, bound the excess, or a client streams an endless chunk extension that no
+            # body limit or body timeout ever sees (as Go does since CVE-2023-39326).
+            body = chunking.received - body_mark
+            excess = chunking.framing + len(data) - 2 * body - 16 * (chunking.chunks - chunks_mark)
+            chunking.framing = max(0, excess)
+            if excess > self.limits.max_header_size:
+                self._reject(400, "too much chunk framing (chunk extensions?)")
         if self.parsing is not None and self.parsing.body_bytes > self.limits.read_high_water:
             self._pause_reading()
 
@@ -251,6 +279,10 @@ class HttpProtocol(asyncio.Protocol):
             req.has_te = True
         elif lname == b"expect" and value.lower() == b"100-continue":
             req.expect_continue = True
+        elif lname == b"host":
+            if req.has_host:
+                self._refuse(400, "more than one Host header")  # RFC 9112 §3.2
+            req.has_host = True
         req.headers.append((lname, value))
 
     def on_headers_complete(self) -> None:
@@ -267,6 +299,14 @@ class HttpProtocol(asyncio.Protocol):
         req.keep_alive = bool(parser.should_keep_alive())
         if req.version not in ("1.1", "1.0"):
             self._refuse(505 if req.version.startswith(("2", "3")) else 400, "bad HTTP version")
+        if not req.has_host and req.version == "1.1":
+            self._refuse(400, "missing Host header")  # RFC 9112 §3.2: MUST
+        if req.method == b"CONNECT":
+            # A tunnel (RFC 9110 §9.3.6) is a proxy's job; a worker cannot carry one.
+            self._refuse(501, "CONNECT is not supported")
+        if req.has_te and req.version == "1.0":
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+            self._refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
         self.queue.append(req)
         if len(self.queue) == 1:
             self._disarm()
@@ -288,6 +328,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.queue and req is self.queue[0]:
             self._arm(lim.body_timeout, self._body_timeout)
         req.wake()
+
+    def on_chunk_header(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.chunks += 1  # progress: the chunk-size line ended (see data_received)
 
     def on_message_complete(self) -> None:
         req = self.parsing
@@ -328,6 +373,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._resume_reading()
         if self.queue:
+            if not self.queue[0].complete:
+                # A pipelined request whose body is still coming is now the one the body
+                # timeout watches (on_headers_complete armed it only for the first).
+                self._arm(self.limits.body_timeout, self._body_timeout)
             self._start_next()
         elif self.parsing is not None:
             self._arm(self.limits.header_timeout, self._header_timeout)
@@ -366,15 +415,17 @@ class HttpProtocol(asyncio.Protocol):
             self.exchange_cancel = ex.cancel
             resp = await ex.response()
         except Overloaded as exc:
-            self._write_error(503, str(exc), close=False)
+            self._log_access(req, 503, self._write_error(503, str(exc), close=False))
             return self._finish_unread(req, forward)
         except RequestTimeout:
-            self._write_error(504, "the application did not answer in time", close=False)
+            self._log_access(req, 504, self._write_error(
+                504, "the application did not answer in time", close=False))
             return self._finish_unread(req, forward)
         except (WorkerLost, ZeusError) as exc:
             log.warning("502 for %s %s: %s", req.method.decode("latin-1"),
                         bytes(req.url[:200]).decode("latin-1"), exc)
-            self._write_error(502, "the worker handling this request was lost", close=False)
+            self._log_access(req, 502, self._write_error(
+                502, "the worker handling this request was lost", close=False))
             return self._finish_unread(req, forward)
         keep = req.keep_alive and not self.server.draining
         status = resp.status
@@ -387,11 +438,12 @@ class HttpProtocol(asyncio.Protocol):
                     keep = False
                 continue
             if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
+                # From the application, so checked like a client's: 1*DIGIT, once.  A second
+                # or malformed one is dropped, never forwarded (two lengths, a sign, "1_0" or
+                # spaces would frame the response differently for different clients).
+                if length is not None or not value.isdigit():
                     continue
+                length = int(value)
             elif name == b"server":
                 has_server = True
             elif name == b"date":
@@ -435,6 +487,15 @@ class HttpProtocol(asyncio.Protocol):
                 finally:
                     chunk.release()  # safe: _write never leaves arena bytes queued
         except (WorkerLost, ZeusError) as exc:
+            if pending is not None and not no_body:
+                # Nothing of the response has left (the head waits for the first body bytes):
+                # the client still gets a clean 502, and keeps its connection.
+                log.warning("502 for %s %s (lost before its body): %s",
+                            req.method.decode("latin-1"), bytes(req.url[:200]).decode("latin-1"),
+                            exc)
+                self._log_access(req, 502, self._write_error(
+                    502, "the worker handling this request was lost", close=False))
+                return self._finish_unread(req, forward)
             log.warning("response to %s %s cut short: %s", req.method.decode("latin-1"),
                         bytes(req.url[:200]).decode("latin-1"), exc)
             self._abort()
@@ -448,7 +509,7 @@ class HttpProtocol(asyncio.Protocol):
         if forward is not None and not forward.done():
             forward.cancel()
             keep = False
-        self._access(req, status, sent, started)
+        self._access(req, status, sent, started, resp.headers)
         return keep
 
     async def _write(self, head: bytes | None, data: memoryview, chunked: bool) -> None:
@@ -510,26 +571,34 @@ class HttpProtocol(asyncio.Protocol):
     async def _forward_body(
         self, req: _Request, send: Callable[..., object]
     ) -> None:
-        """Stream the request body to the worker as it arrives from the client."""
-        while True:
-            while req.body:
-                piece = req.body.popleft()
-                req.body_bytes -= len(piece)
-                last = req.complete and not req.body
-                await send(piece, end=last)  # type: ignore[misc]
-                if last:
+        """Stream the request body to the worker as it arrives from the client.
+
+        Stops quietly if the exchange ends first (cancelled, timed out, worker lost):
+        ``_answer`` reports that; an exception left in this task would only be logged as
+        never retrieved.
+        """
+        try:
+            while True:
+                while req.body:
+                    piece = req.body.popleft()
+                    req.body_bytes -= len(piece)
+                    last = req.complete and not req.body
+                    await send(piece, end=last)  # type: ignore[misc]
+                    if last:
+                        return
+                    self._resume_reading()
+                if req.complete:
+                    await send(b"", end=True)  # type: ignore[misc]
                     return
-                self._resume_reading()
-            if req.complete:
-                await send(b"", end=True)  # type: ignore[misc]
-                return
-            if self.closing:
-                return
-            req.waiter = self.loop.create_future()
-            try:
-                await req.waiter
-            finally:
-                req.waiter = None
+                if self.closing:
+                    return
+                req.waiter = self.loop.create_future()
+                try:
+                    await req.waiter
+                finally:
+                    req.waiter = None
+        except ZeusError:
+            return
 
     def _finish_unread(self, req: _Request, forward: asyncio.Task[None] | None) -> bool:
         if forward is not None:
@@ -538,24 +607,27 @@ class HttpProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------- helpers
 
-    def _access(self, req: _Request, status: int, sent: int, started: float) -> None:
+    def _access(self, req: _Request, status: int, sent: int, started: float,
+                headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """Count an answered request in the metrics and, when on, the access log."""
         self.server.metrics.observe(req.method, status, sent, started)
-        if self.server.access_log:
-            access_log.info(
-                '%s - "%s %s HTTP/%s" %d %d %.1fms',
-                self.client[0] if self.client else "-",
-                req.method.decode("latin-1"),
-                bytes(req.url).decode("latin-1"),
-                req.version,
-                status,
-                sent,
-                (time.monotonic() - started) * 1000,
-            )
+        if self.server.access_log is not None:  # off: this test is all it costs
+            self._log_access(req, status, sent, headers)
 
-    def _write_error(self, status: int, detail: str = "", *, close: bool = True) -> None:
+    def _log_access(self, req: _Request, status: int, sent: int,
+                    headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """The access log line of ``req`` (front/accesslog.py), if the access log is on."""
+        access = self.server.access_log
+        if access is not None:
+            access.log(req, self.client[0] if self.client else "-", status, sent, headers)
+
+    def _write_error(self, status: int, detail: str = "", *, close: bool = True) -> int:
+        """Answer an error made by the front; return its body's size (0 if not sent)."""
         if self.transport is None or self.closing:
-            return
-        self.transport.write(self.server.error_response(status, detail, close=close))
+            return 0
+        raw = self.server.error_response(status, detail, close=close)
+        self.transport.write(raw)
+        return len(raw) - raw.index(b"\r\n\r\n") - 4
 
     def _reject(self, status: int, detail: str) -> None:
         """Answer a request the front refuses and close the connection."""
@@ -569,12 +641,13 @@ class HttpProtocol(asyncio.Protocol):
             # The request being answered is the broken one (its body): give it up.
             self._abandon_current(status, detail)
         else:
-            # A later pipelined request is broken: finish the current one, then close.
-            while len(self.queue) > 1:
+            # A later pipelined request is broken: answer the complete ones before it, then
+            # close (as after a half-close: nothing more will be read on this connection).
+            while len(self.queue) > 1 and not self.queue[-1].complete:
                 self.queue.pop()
             self.parsing = None
+            self.eof = True
             self._pause_reading()
-            self.task.add_done_callback(lambda _: self._close())
 
     def _abandon_current(self, status: int = 400, detail: str = "") -> None:
         """Cancel the request being answered (its body cannot complete) and close."""
@@ -613,23 +686,71 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def close_if_idle(self) -> bool:
-        """Close now if no request is in progress (graceful shutdown); True if closed."""
-        if not self.queue and self.parsing is None:
+        """Graceful shutdown: if no request is in progress, half-close the connection (FIN)
+        and discard what the client still sends until it closes its end; True if closing.
+
+        Closing outright would reset the connection if the client's next request is already
+        on its way (unread data makes the kernel send RST), and the client would not know
+        whether it was seen; after a FIN it reads a clean end before any response, and may
+        retry on a new connection (RFC 9112 §9.6 and §9.3.1)."""
+        if self.closing:
+            return True
+        if self.queue or self.parsing is not None:
+            return False
+        if not self.drain_seen:
+            # Idle at the first look: one more poll (the drain's 50 ms) lets a request on its
+            # way arrive and be answered (with Connection: close) instead of being turned away.
+            self.drain_seen = True
+            return False
+        transport = self.transport
+        if transport is None or not transport.can_write_eof():
             self._close()
             return True
-        return False
+        self._resume_reading()  # keep reading (and discarding) until the client's FIN
+        self.closing = True  # data_received now discards; eof_received closes
+        self._disarm()
+        transport.write_eof()
+        return True
 
     # -------------------------------------------------------------- timers
 
+    # One lazy timer per connection: arming and disarming (several times per request) only
+    # store a deadline and a callback; the loop timer is moved only when a deadline comes
+    # earlier than it.  When it fires early (the deadline moved later meanwhile) it re-arms
+    # itself for the current deadline, about once per keep-alive period on a busy connection
+    # instead of a call_later and a cancel per phase of every request.
+
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        if delay > 0:
-            self.timer = self.loop.call_later(delay, callback)
+        if delay <= 0:
+            self._disarm()
+            return
+        deadline = self.loop.time() + delay
+        self.deadline = deadline
+        self.on_deadline = callback
+        timer = self.timer
+        if timer is None or self.timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
 
     def _disarm(self) -> None:
-        if self.timer is not None:
+        self.on_deadline = None
+        if self.closing and self.timer is not None:  # closed: let nothing hold us
             self.timer.cancel()
             self.timer = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        callback = self.on_deadline
+        if callback is None or self.closing:
+            return
+        if self.loop.time() < self.deadline:  # moved later since the timer was set
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
+            return
+        self.on_deadline = None
+        callback()
 
     def _idle_timeout(self) -> None:
         self.timer = None

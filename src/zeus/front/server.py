@@ -3,8 +3,9 @@
 Signal handlers only record (``loop.add_signal_handler`` runs them from the loop, not inside
 the interrupted code); the main coroutine acts on them in order:
 
-* TERM: graceful drain -- stop accepting, close idle keep-alive connections, let requests in
-  flight finish within ``graceful_timeout``, stop the workers, exit 0.
+* TERM: graceful drain -- take the connections already waiting in the listen queue, stop
+  accepting, half-close idle keep-alive connections (after one more poll for a request on its
+  way), let requests in flight finish within ``graceful_timeout``, stop the workers, exit 0.
 * INT: quick -- stop accepting, stop workers at once, exit 0.
 * HUP: zero-downtime rolling reload of the workers (new code is imported by new processes).
 * TTIN / TTOU: one worker more / less.
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import os
 import signal
 import socket
 import time
@@ -27,11 +29,14 @@ from zeus.config import Settings, parse_bind
 from zeus.errors import ConfigError
 from zeus.exitcodes import ServerExit
 from zeus.front import systemd
+from zeus.front.accesslog import AccessLog
 from zeus.front.health import Health
 from zeus.front.http import HttpProtocol
 from zeus.front.limits import HttpLimits, error_response
+from zeus.front.logs import access_writer
 from zeus.front.metrics import FrontMetrics, MetricsEndpoint
 from zeus.front.unixsocket import SocketFile, bind_unix
+from zeus.hooks import HookFailed, Hooks, ServerInfo
 from zeus.pool import BootFailure, Pool, PoolConfig
 
 log = logging.getLogger("zeus.front")
@@ -50,6 +55,7 @@ class ServeConfig:
     unix_socket_mode: int | None = None  # permissions of unix: sockets (None: umask's)
     unix_socket_gid: int | None = None  # their group (None: the front's)
     settings: Settings = field(default_factory=Settings)  # everything, for the newer features
+    hooks: Hooks = field(default_factory=Hooks)  # loaded (zeus/hooks.py)
 
 
 def bind_socket(spec: str, *, backlog: int, reuse_port: bool, unix_mode: int | None = None,
@@ -95,10 +101,15 @@ class FrontServer:
         self.config: Final = config
         self.loop = loop
         self.limits = config.limits
-        self.access_log = config.access_log
-        self.pool = Pool(config.pool)
+        # None when off: the per-request cost is then one attribute test (front/accesslog.py)
+        self.access_log = (AccessLog(config.settings.access_log_format,
+                                     writer=access_writer(loop)) if config.access_log else None)
+        self.hooks = config.hooks
+        self.pool = Pool(config.pool, hooks=config.hooks)
+        self.addresses: list[str] = []  # what it listens on, for the hooks
         self.connections: set[HttpProtocol] = set()
         self.servers: list[asyncio.Server] = []
+        self.listeners: list[socket.socket] = []  # the listening sockets (drained on TERM)
         self.draining = False
         self.date_header = b""
         self._date_timer: asyncio.TimerHandle | None = None
@@ -140,11 +151,14 @@ class FrontServer:
                 lambda: HttpProtocol(self), sock=sock, backlog=self.config.backlog
             )
             self.servers.append(server)
+            self.listeners.append(sock)
+            self.addresses.append(describe(sock))
             log.info("listening on %s", describe(sock))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
                     signal.SIGTTOU):
             self.loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         self.notifier.ready(self._status())
+        self.hooks.when_ready(self.info())
         halted: asyncio.Future[Any] = self.pool.halted
         try:
             while True:
@@ -172,6 +186,7 @@ class FrontServer:
                     log.info("SIGHUP: rolling reload of the workers")
                     self.notifier.reloading("rolling reload of the workers")
                     self._notify_when_reloaded()  # before the reload starts new workers
+                    self.hooks.on_reload(self.info())
                     self.pool.reload()
                 elif sig == signal.SIGTTIN:
                     self.pool.scale(+1)
@@ -188,7 +203,14 @@ class FrontServer:
             if self._reloaded is not None:
                 self._reloaded.cancel()
             self.notifier.close()
+            if self.access_log is not None:
+                self.access_log.flush()
             self.scrape.close()  # last: readiness says 503 on it until the drain is over
+
+    def info(self) -> ServerInfo:
+        """The server as the hooks see it."""
+        return ServerInfo(pid=os.getpid(), addresses=tuple(self.addresses),
+                          settings=self.config.settings)
 
     def _status(self) -> str:
         """The STATUS= line systemd shows."""
@@ -214,8 +236,15 @@ class FrontServer:
     async def shutdown(self, *, graceful: bool) -> None:
         """Stop accepting; drain (graceful) or drop connections; stop the pool."""
         self.draining = True
+        # Connections the kernel completed but nobody accepted yet would be reset when the
+        # listener closes (their clients have sent requests): on a drain, take them first.
+        pending = self._accept_pending() if graceful else []
         for server in self.servers:
             server.close()
+        for sock in pending:
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(lambda: HttpProtocol(self), sock))
+            task.add_done_callback(_log_adopt_failure)
         timeout = self.config.pool.graceful_timeout
         deadline = time.monotonic() + timeout
         if graceful:
@@ -224,13 +253,64 @@ class FrontServer:
                 if not busy:
                     break
                 await asyncio.sleep(0.05)
+            # Idle connections were half-closed (close_if_idle): give their clients a moment
+            # to see the FIN and close, so that nothing they sent meanwhile resets them.
+            linger = min(deadline, time.monotonic() + _LINGER)
+            while self.connections and time.monotonic() < linger:
+                await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn._abort()
         await self.pool.stop(graceful=graceful, timeout=max(0.0, deadline - time.monotonic()))
 
 
+    def _accept_pending(self) -> list[socket.socket]:
+        """Accept, without blocking, every connection waiting in the listeners' queues."""
+        taken: list[socket.socket] = []
+        for listener in self.listeners:
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # EMFILE and the like: the rest are lost, say so
+                    log.warning("draining the accept queue: %s", exc)
+                    break
+                sock.setblocking(False)
+                if sock.family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                taken.append(sock)
+        return taken
+
+
+_LINGER: Final = 1.0  # seconds half-closed connections get to close on a drain
+
+
+def _log_adopt_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a connection accepted during the drain failed: %s", task.exception())
+
+
 def run(config: ServeConfig) -> int:
-    """Bind, serve until told to stop, and return the process exit status."""
+    """Run the hooks around :func:`bind_and_serve`: ``on_starting`` (which may refuse) and
+    ``on_exit``; return the process exit status."""
+    try:
+        config.hooks.on_starting(config.settings)  # before anything is bound or started
+    except HookFailed as exc:
+        log.critical("%s", exc)
+        return ServerExit.BOOT_FAILURE
+    addresses: list[str] = []
+    status: int = ServerExit.ERROR
+    try:
+        status = bind_and_serve(config, addresses)
+    finally:
+        info = ServerInfo(pid=os.getpid(), addresses=tuple(addresses), settings=config.settings)
+        config.hooks.on_exit(info, status)
+    return status
+
+
+def bind_and_serve(config: ServeConfig, addresses: list[str] | None = None) -> int:
+    """Bind, serve until told to stop, and return the process exit status (``addresses``
+    receives what it listened on)."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
@@ -268,6 +348,8 @@ def run(config: ServeConfig) -> int:
     asyncio.set_event_loop(loop)
     try:
         server = FrontServer(config, loop)
+        if addresses is not None:
+            server.addresses = addresses  # filled as it listens
         return loop.run_until_complete(server.serve(sockets))
     finally:
         for s in sockets:

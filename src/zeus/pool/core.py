@@ -24,6 +24,10 @@ Failure handling, by cause:
   cannot even boot halts the pool (BootFailure).
 * A request runs past ``timeout``: it fails with RequestTimeout, the worker gets SIGTERM, then
   SIGKILL after ``kill_grace`` seconds, and is replaced at once.
+* The worker breaks the protocol (garbage in its region, a message for an ID it does not have,
+  an invalid response head): one log line names the bad value, the worker gets SIGKILL, its
+  requests fail with WorkerLost.  One that publishes CLOSED and stays alive takes no request
+  from then on and is killed after ``CLOSED_GRACE`` seconds.
 * Recycling (max requests with jitter, max lifetime, max RSS) and rolling reload start the
   replacement first; the old worker keeps serving until the replacement is ready, then takes
   no new requests, finishes those it has, and is stopped.  No capacity dip, no failed request.
@@ -46,11 +50,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from zeus.channel import Message
-from zeus.core.codec import RequestHead, decode_response_head, encode_request_head
+from zeus.channel import Message, decode_response_head, encode_request_head
+from zeus.core.codec import RequestHead
 from zeus.core.layout import Flag, Kind, State, Word
 from zeus.errors import PeerBrokenError, PeerLostError, ZeusError
 from zeus.exitcodes import WorkerExit
+from zeus.hooks import ExitInfo, Hooks, WorkerInfo
 from zeus.pool.config import PoolConfig, PoolStatistics, WorkerStatistics
 from zeus.pool.exchange import (
     BootFailure,
@@ -69,12 +74,13 @@ from zeus.supervisor.process import describe_exit
 log = logging.getLogger("zeus.pool")
 
 MAX_HEAD = 1 << 20  # a response head larger than this is a broken worker
+CLOSED_GRACE = 1.0  # seconds a worker that closed its channel has to exit before SIGKILL
 
 
 class Pool:
     """Worker processes behind shared-memory channels; see the module docstring."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, hooks: Hooks | None = None) -> None:
         if config.workers < 1:
             raise ValueError("a pool needs at least one worker")
         self.config: Final = config
@@ -83,6 +89,8 @@ class Pool:
         self._balancer = Balancer(config.balance)
         self._prefetch_balancer = Balancer(Balance.LEAST_CONN)  # shortest queue
         self._queue: deque[tuple[Exchange, asyncio.Future[WorkerHandle]]] = deque()
+        self._queue_timer: asyncio.TimerHandle | None = None  # see _expire_queue
+        self._views: tuple[list[_BalancerView], list[_BalancerView]] | None = None
         self._rng = random.Random()
         self._target = config.workers
         self._pending_spawns = 0
@@ -100,6 +108,8 @@ class Pool:
         self._restarts: dict[str, int] = {c.value: 0 for c in ExitCause}
         self._ready_event: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self.hooks = hooks or Hooks()  # pre_spawn, worker_ready, worker_exit (zeus/hooks.py)
+        self._exit_detail: dict[int, str] = {}  # worker index -> why it was killed, for the log
         self.loop: asyncio.AbstractEventLoop  # the running loop, set by start()
 
     # ------------------------------------------------------------------ lifecycle
@@ -156,6 +166,11 @@ class Pool:
         if graceful:
             await self._wait_until(lambda: not any(w.in_flight for w in self._workers), deadline)
         for w in list(self._workers):
+            if w.kill_cause is ExitCause.TIMEOUT:
+                # Hung, already being replaced, its requests answered (504): waiting out its
+                # kill grace would only delay the shutdown.
+                self._stop_worker(w, ExitCause.TIMEOUT, signal.SIGKILL)
+                continue
             self._stop_worker(w, ExitCause.STOPPED, signal.SIGTERM if graceful else signal.SIGINT)
         await self._wait_until(lambda: not self._workers, deadline if graceful else
                                time.monotonic() + min(timeout, 5.0))
@@ -232,12 +247,14 @@ class Pool:
 
     def _choose(self, ex: Exchange) -> WorkerHandle | None:
         """A worker with free capacity; failing that, one whose ring may queue ``ex``."""
-        view = self._balancer.pick([_BalancerView(w, 0) for w in self._workers])
-        if view is None and ex.replay is not None and self.config.prefetch:
+        views = self._views
+        if views is None:  # built once per change of the worker list, not per request
             extra = self.config.prefetch
-            view = self._prefetch_balancer.pick(
-                [_BalancerView(w, extra) for w in self._workers]
-            )
+            views = self._views = ([_BalancerView(w, 0) for w in self._workers],
+                                   [_BalancerView(w, extra) for w in self._workers])
+        view = self._balancer.pick(views[0])
+        if view is None and ex.replay is not None and self.config.prefetch:
+            view = self._prefetch_balancer.pick(views[1])
         return view.w if view is not None else None
 
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
@@ -245,22 +262,35 @@ class Pool:
             raise Overloaded(f"request queue full ({self.config.queue_size})")
         loop = self.loop
         fut: asyncio.Future[WorkerHandle] = loop.create_future()
-        entry = (ex, fut)
-        self._queue.append(entry)
-        timer = loop.call_later(self.config.queue_timeout, self._queue_expired, entry)
+        ex.queued_until = loop.time() + self.config.queue_timeout
+        self._queue.append((ex, fut))
+        if self._queue_timer is None:
+            self._queue_timer = loop.call_at(ex.queued_until, self._expire_queue)
         start = time.monotonic()
         try:
             return await fut
         finally:
-            timer.cancel()
             self._queue_wait += time.monotonic() - start
             self._queue_waits += 1
 
-    def _queue_expired(self, entry: tuple[Exchange, asyncio.Future[WorkerHandle]]) -> None:
-        _, fut = entry
-        if not fut.done():
-            with contextlib.suppress(ValueError):
-                self._queue.remove(entry)
+    def _expire_queue(self) -> None:
+        """Fail the queued requests whose wait is over.
+
+        One timer for the whole queue, due when its oldest entry expires (entries expire in
+        FIFO order: same timeout, increasing start), instead of a timer per queued request.
+        """
+        self._queue_timer = None
+        now = self.loop.time()
+        queue = self._queue
+        while queue:
+            ex, fut = queue[0]
+            if fut.done():
+                queue.popleft()
+                continue
+            if ex.queued_until > now:
+                self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
+                return
+            queue.popleft()
             fut.set_exception(
                 Overloaded(f"no worker available within {self.config.queue_timeout:.1f}s")
             )
@@ -292,13 +322,30 @@ class Pool:
         head = encode_request_head(ex.head)
         body = ex.replay
         has_body = streaming or bool(body)
+        ex.ring_seq = 0  # not published on ``w`` yet (it may hold another worker's count)
+        pump = w.pump
+        limit = pump.channel.max_chunk
         try:
-            await w.pump.send(ex.id, head, Kind.REQUEST_HEAD, 0 if has_body else Flag.END)
-            ex.ring_seq = w.pump.sent
-            if body:
-                await w.pump.send(ex.id, body, Kind.REQUEST_BODY, Flag.END)
+            # The common case goes out without a coroutine: ring and arena have room.
+            if len(head) > limit or not pump.send_nowait(
+                ex.id, head, Kind.REQUEST_HEAD, 0 if has_body else Flag.END
+            ):
+                await pump.send(ex.id, head, Kind.REQUEST_HEAD, 0 if has_body else Flag.END)
+            ex.ring_seq = pump.sent
+            if body and (len(body) > limit or not pump.send_nowait(
+                ex.id, body, Kind.REQUEST_BODY, Flag.END
+            )):
+                await pump.send(ex.id, body, Kind.REQUEST_BODY, Flag.END)
             ex.handed = not streaming
         except (PeerLostError, PeerBrokenError) as exc:
+            if ex._error is None and not ex.resend and isinstance(exc, PeerLostError) and (
+                not self._stopping and self._untaken(ex, w)
+            ):
+                # The worker left (closed its channel) before its exit was reported, and
+                # before taking this request: the exit will not see it, so resend it here.
+                w.gone = True  # and give it nothing more
+                w.in_flight.pop(ex.id, None)
+                ex.resend = True
             if ex.resend and ex._error is None:
                 # The worker died before taking this request: send it to another one.
                 ex.resend = False
@@ -316,22 +363,39 @@ class Pool:
                 raise ex._error from exc
             raise w.lost_error() from exc
 
+    def _untaken(self, ex: Exchange, w: WorkerHandle) -> bool:
+        """Whether ``w`` never took ``ex`` from its ring (it never started: safe to resend)."""
+        if ex.ring_seq == 0:
+            return True  # its head was never published
+        taken = w.channel.peer_consumed() if not w.channel.closed else None
+        return taken is not None and ex.ring_seq > taken
+
     def _timed_out(self, ex: Exchange) -> None:
         ex.timer = None
         w = ex.worker
         if ex.finished or ex._error is not None or w is None:
             return
-        log.warning(
-            "request %s %s timed out after %.1fs on worker %d; replacing it",
-            ex.head.method.decode("latin-1"), ex.head.target[:200].decode("latin-1"),
-            self.config.timeout, w.pid,
-        )
-        self._abandon(ex, RequestTimeout(f"request timed out after {self.config.timeout:.1f}s"))
+        taken = w.channel.peer_consumed()
+        method = ex.head.method.decode("latin-1")
+        target = ex.head.target[:200].decode("latin-1")
+        if ex.replay is not None and ex.handed and taken is not None and ex.ring_seq > taken:
+            # It never started: the worker has not taken a request for ``timeout`` seconds
+            # (hung while idle, e.g. stopped).  Replace the worker; the request goes to
+            # another one with the others queued behind it (the loop below), not a 504.
+            log.warning("request %s %s waited %.1fs in the ring of worker %d, which never "
+                        "took it; replacing the worker, resending the request", method,
+                        target, self.config.timeout, w.pid)
+        else:
+            log.warning("request %s %s timed out after %.1fs on worker %d; replacing it",
+                        method, target, self.config.timeout, w.pid)
+            self._abandon(ex, RequestTimeout(
+                f"request timed out after {self.config.timeout:.1f}s"))
+        self._exit_detail[w.index] = f"request {method} {target[:100]} not answered within " \
+            f"the {self.config.timeout:g}s timeout"
         self._stop_worker(w, ExitCause.TIMEOUT, signal.SIGTERM)
         # Requests queued behind the stuck one that it never took go to another worker now
         # (it is being stopped and will not take them: the TERM makes it leave after the
         # request in progress).  Late answers from it are dropped as abandoned.
-        taken = w.channel.peer_consumed()
         for other in list(w.in_flight.values()):
             if other.replay is not None and other.handed and taken is not None and (
                 other.ring_seq > taken
@@ -402,6 +466,7 @@ class Pool:
                     self._broken(w, str(exc))
                     return
             ex._head.set_result(head)
+            ex._wake()  # Exchange.response() waits on its waiter
             if msg.end:
                 self._complete(ex, w)
         elif kind == Kind.RESPONSE_BODY:
@@ -442,6 +507,7 @@ class Pool:
                 if old.replacement is w:
                     self._drain(old, ExitCause.RECYCLE)
             self._dispatch_queue()
+            self.hooks.worker_ready(WorkerInfo(w.index, w.generation, w.pid))
 
     def _on_pump_error(self, w: WorkerHandle, exc: BaseException) -> None:
         """The worker's channel failed: a protocol violation kills the worker at once."""
@@ -449,11 +515,30 @@ class Pool:
             return
         if isinstance(exc, PeerBrokenError):
             self._broken(w, str(exc))
-        # PeerLostError: the pidfd will report the exit; nothing to do here.
+        elif w.state is not WState.STOPPING:
+            # It published CLOSED.  A worker that is leaving exits right after (the pidfd
+            # reports it, with the exit status that says why); one that stays alive would sit
+            # in the balancer taking requests it can never receive: stop giving it any, and
+            # kill it if it has not gone by itself within CLOSED_GRACE.
+            # (The replacement starts when it exits, with the restart policy's back-off.)
+            w.state = WState.STOPPING
+            if w.kill_timer is None:
+                w.kill_timer = self.loop.call_later(CLOSED_GRACE, self._closed_alive, w)
+
+    def _closed_alive(self, w: WorkerHandle) -> None:
+        w.kill_timer = None
+        if w.state is WState.DEAD:
+            return
+        log.error("worker %d (pid %d) broke the channel protocol: it closed its channel but "
+                  "did not exit in %.0fs; killing it", w.index, w.pid, CLOSED_GRACE)
+        w.kill_cause = ExitCause.BROKEN
+        self._exit_detail[w.index] = "closed its channel but did not exit"
+        w.process.send_signal(signal.SIGKILL)
 
     def _broken(self, w: WorkerHandle, why: str) -> None:
         log.error("worker %d (pid %d) broke the channel protocol: %s; killing it", w.index,
                   w.pid, why)
+        self._exit_detail.setdefault(w.index, why)
         w.pump.fail(PeerBrokenError(why))
         for ex in list(w.in_flight.values()):
             ex._fail(WorkerLost(f"worker {w.pid} broke the protocol", w.pid, why))
@@ -465,6 +550,7 @@ class Pool:
     def _spawn(self) -> WorkerHandle | None:
         index = self._next_index
         self._next_index += 1
+        self.hooks.pre_spawn(WorkerInfo(index, self._generation, None))
         try:
             w = WorkerHandle(self, index, self._generation)
         except OSError as exc:
@@ -477,6 +563,7 @@ class Pool:
                 old.replacement = w
                 break
         self._workers.append(w)
+        self._views = None
         log.info("started worker %d (pid %d)", w.index, w.pid)
         return w
 
@@ -532,10 +619,17 @@ class Pool:
         if w.kill_timer is not None:
             w.kill_timer.cancel()
         cause, detail = self._classify(w, rc, cpu)
+        noted = self._exit_detail.pop(w.index, "")  # why we killed it, if we did
+        detail = detail or noted or ("shutdown" if cause is ExitCause.STOPPED and self._stopping
+                                     else "")
         status = describe_exit(rc) if rc is not None else "not reaped"
         level = logging.INFO if cause in (ExitCause.RECYCLE, ExitCause.STOPPED) else logging.ERROR
-        log.log(level, "worker %d (pid %d) exited: %s; cause: %s%s", w.index, w.pid, status,
-                cause.value, f" ({detail})" if detail else "")
+        lost = len(w.in_flight)
+        # One line per death: how (signal name or exit code), why (cause and detail: the cause
+        # is the metrics' restart reason too), and what it had done.
+        log.log(level, "worker %d (pid %d) exited: %s; cause: %s%s; up %.1fs, %d requests%s",
+                w.index, w.pid, status, cause.value, f" ({detail})" if detail else "",
+                w.process.age, w.requests, f", {lost} in flight" if lost else "")
         if prior is not WState.STOPPING or cause not in (ExitCause.STOPPED,):
             self._restarts[cause.value] += 1
         # Requests it never took from its ring can go elsewhere; the rest failed with it.  The
@@ -560,8 +654,11 @@ class Pool:
         finally:
             w.region.close()
             self._workers.remove(w)
+            self._views = None
         for ex in retry:
             self._retry(ex)
+        self.hooks.worker_exit(WorkerInfo(w.index, w.generation, w.pid),
+                               ExitInfo(rc, status, cause.value, detail))
         decision = self.config.restart.exited(time.monotonic(), w.process.age, cause, was_ready)
         if decision.halt:
             log.critical("worker %d failed to boot (%s): giving up", w.index, status)
@@ -576,6 +673,12 @@ class Pool:
     def _retry(self, ex: Exchange) -> None:
         """Hand ``ex`` to another worker in the background."""
         ex.handed = False
+        # It belongs to no worker until _redispatch assigns it: a timer that fires meanwhile
+        # (several may, in one loop iteration) must not time it out on the worker it left.
+        ex.worker = None
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
         task = asyncio.ensure_future(self._redispatch(ex))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -590,9 +693,22 @@ class Pool:
                 w = await self._enqueue(ex)
             else:
                 self._assign(ex, w)
+            if ex._error is not None:
+                # Given up on while it waited (client gone): never send it.  Sent, its
+                # answer would find a failed exchange and look like a broken worker.
+                self._unassign(ex, w)
+                return
             await self._send_request(ex, w, False)
         except ZeusError as exc:
             ex._fail(exc)
+
+    def _unassign(self, ex: Exchange, w: WorkerHandle) -> None:
+        """Undo ``_assign`` for a request that was never sent."""
+        w.in_flight.pop(ex.id, None)
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        self._dispatch_queue()
 
     def _classify(
         self, w: WorkerHandle, rc: int | None, cpu: float | None
@@ -658,6 +774,7 @@ class Pool:
                 if w.state is WState.STARTING and w.process.age > cfg.boot_timeout:
                     log.error("worker %d (pid %d) did not become ready in %.0fs", w.index, w.pid,
                               cfg.boot_timeout)
+                    self._exit_detail[w.index] = f"not ready in {cfg.boot_timeout:.0f}s"
                     self._stop_worker(w, ExitCause.CRASH, signal.SIGKILL)
                     continue
                 if w.state is not WState.READY:
@@ -674,6 +791,8 @@ class Pool:
                     elif now - w.heartbeat[1] > cfg.heartbeat_timeout:
                         log.error("worker %d (pid %d) stopped its heartbeat for %.0fs: hung",
                                   w.index, w.pid, now - w.heartbeat[1])
+                        self._exit_detail[w.index] = \
+                            f"hung: no heartbeat for {now - w.heartbeat[1]:.0f}s"
                         for ex in list(w.in_flight.values()):
                             self._abandon(ex, RequestTimeout("worker hung"))
                         self._stop_worker(w, ExitCause.TIMEOUT, signal.SIGKILL)

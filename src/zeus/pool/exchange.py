@@ -71,10 +71,23 @@ class Exchange:
         self.finished = False  # the worker sent the end of the response
         self.timer: asyncio.TimerHandle | None = None
         self.started = time.monotonic()
+        self.queued_until = 0.0  # loop time its wait in the pool's queue ends
 
     async def response(self) -> ResponseHead:
-        """Wait for the response head.  Cancelling the wait does not cancel the request."""
-        return await asyncio.shield(self._head)
+        """Wait for the response head.  Cancelling the wait does not cancel the request.
+
+        The wait is on a throwaway waiter (woken by ``_wake``), not on ``_head`` itself, so a
+        cancelled caller leaves ``_head`` intact -- what ``asyncio.shield`` would do, for one
+        future instead of two futures and two callbacks per request.
+        """
+        head = self._head
+        while not head.done():
+            self._waiter = self._pool.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return head.result()
 
     async def next_chunk(self) -> Message | None:
         """The next body chunk (release it when written), or None at the end."""

@@ -71,11 +71,12 @@ class WorkerHandle:
         self.kill_timer: asyncio.TimerHandle | None = None
         self.ready_at: float | None = None
         self.heartbeat = (0, time.monotonic())
+        self.gone = False  # a send found its channel closed: its exit is yet to be reported
 
     @property
     def accepting(self) -> bool:
         """Whether the balancer may give this worker a new request."""
-        if self.state is not WState.READY:
+        if self.state is not WState.READY or self.gone:
             return False
         rep = self.replacement
         return self.retire_reason is None or rep is None or rep.state is not WState.READY

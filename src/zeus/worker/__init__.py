@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Final
 
-from zeus.channel import Channel, Message
-from zeus.core.codec import Headers, RequestHead, decode_request_head, encode_response_head
+from zeus.channel import Channel, Message, decode_request_head, encode_response_head
+from zeus.core.codec import Headers, RequestHead
 from zeus.core.layout import Flag, Kind
 from zeus.core.spin import SpinPolicy
 from zeus.errors import PeerBrokenError, PeerLostError, RegionMismatchError, ZeusError
@@ -52,6 +52,7 @@ ENV_SPIN_NS: Final = "ZEUS_SPIN_NS"
 # Large bodies go out in pieces of this size, so the front writes one piece to the client
 # while the worker copies the next into the arena (1 MiB responses: ~+13% req/s here).
 RESPONSE_CHUNK: Final = 256 * 1024
+_END: Final = int(Flag.END)
 
 
 class ClientDisconnected(ZeusError):
@@ -306,7 +307,7 @@ class Worker:
 
     def _send(self, msg_id: int, data: bytes | memoryview, kind: int, flags: int) -> None:
         self.channel.send(msg_id, data, kind, flags)
-        if flags & Flag.END:
+        if flags & _END:  # a plain int: ``int & Flag`` would build an enum member
             cur = self._current
             if cur is not None and cur.id == msg_id:
                 cur.ended = True  # nothing more may be sent for it

@@ -1,0 +1,1 @@
+"""Long-running reliability suites for Zeus (chaos, slow clients, soak, drain and reload)."""
