@@ -44,7 +44,7 @@ def test_site_builds_strict(site: Path) -> None:
     pages = ["index.html"] + [
         f"{page}/index.html"
         for page in ("quickstart", "reference/configuration", "deployment", "deployment-systemd",
-                     "scale-out", "metrics", "reliability", "architecture",
+                     "scale-out", "metrics", "logging", "hooks", "reliability", "architecture",
                      "protocol", "benchmarks")]
     for page in pages:
         assert (site / page).is_file(), page
