@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from .helpers import (
     FIGURES,
+    ROOT,
+    ZEUS,
     Hammer,
     RawResponse,
     StartServer,
     alive,
     build_request,
+    children,
+    free_port,
     marker,
     process_identity,
     wait_until,
@@ -121,3 +128,31 @@ def test_ttin_adds_a_worker_and_ttou_removes_one(start_server: StartServer) -> N
     with server.conn() as c:
         assert c.request("GET", "/hello").status == 200
     assert len(server.workers()) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_the_workers_boot_stops_them_and_exits_0(
+    tmp_path: Path, sig: signal.Signals,
+) -> None:
+    """Workers that take their time to boot (they never connect here): TERM or INT then stops
+    the boot at once, stops the workers started so far and exits 0 -- not the default action
+    of the signal, and not a wait for the boot timeout."""
+    log_path = tmp_path / "zeus.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [str(ZEUS), "run", "--bind", f"127.0.0.1:{free_port()}", "--workers", "2", "--",
+             sys.executable, "-c", "import time; time.sleep(60)"],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(children(proc.pid)) == 2, 20, "two booting workers")
+        workers = [process_identity(pid) for pid in children(proc.pid)]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) == 0, log_path.read_text()
+        assert f"{sig.name} while the workers boot: stopping" in log_path.read_text()
+        wait_until(lambda: not any(alive(w) for w in workers if w is not None), 10,
+                   "the booting workers to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

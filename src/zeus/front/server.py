@@ -140,12 +140,20 @@ class FrontServer:
         except OSError as exc:
             log.critical("cannot bind the metrics endpoint: %s", exc)
             return ServerExit.USAGE
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+        for sig in signals:  # before the boot: a TERM while workers boot stops them too
+            self.loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         try:
-            await self.pool.start()
+            stopped = await self._boot()
         except BootFailure as exc:
             log.critical("%s", exc)
+            stopped = ServerExit.BOOT_FAILURE
+        if stopped is not None:
+            for sig in signals:
+                self.loop.remove_signal_handler(sig)
+            self.notifier.close()
             self.scrape.close()
-            return ServerExit.BOOT_FAILURE
+            return stopped
         for sock in sockets:
             server = await self.loop.create_server(
                 lambda: HttpProtocol(self), sock=sock, backlog=self.config.backlog
@@ -154,9 +162,6 @@ class FrontServer:
             self.listeners.append(sock)
             self.addresses.append(describe(sock))
             log.info("listening on %s", describe(sock))
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
-                    signal.SIGTTOU):
-            self.loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         self.notifier.ready(self._status())
         self.hooks.when_ready(self.info())
         halted: asyncio.Future[Any] = self.pool.halted
@@ -195,8 +200,7 @@ class FrontServer:
                     self.pool.scale(-1)
                     log.info("SIGTTOU: scaling down")
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
-                        signal.SIGTTOU):
+            for sig in signals:
                 self.loop.remove_signal_handler(sig)
             if self._date_timer is not None:
                 self._date_timer.cancel()
@@ -211,6 +215,37 @@ class FrontServer:
         """The server as the hooks see it."""
         return ServerInfo(pid=os.getpid(), addresses=tuple(self.addresses),
                           settings=self.config.settings)
+
+    async def _boot(self) -> ServerExit | None:
+        """Start the pool; a TERM or an INT meanwhile stops the boot and the workers already
+        started (the exit status is then returned), other signals wait for the boot to end.
+
+        Raises BootFailure when the application cannot boot."""
+        boot: asyncio.Future[Any] = asyncio.ensure_future(self.pool.start())
+        later: list[signal.Signals] = []
+        try:
+            while not boot.done():
+                getter: asyncio.Future[Any] = asyncio.ensure_future(self._signals.get())
+                await asyncio.wait({boot, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                sig = getter.result()
+                if sig not in (signal.SIGTERM, signal.SIGINT):
+                    later.append(sig)  # HUP, TTIN, TTOU: handled once serving
+                    continue
+                log.info("%s while the workers boot: stopping", sig.name)
+                self.notifier.stopping("stopping")
+                boot.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BootFailure):
+                    await boot
+                await self.pool.stop(graceful=False)
+                return ServerExit.OK
+            boot.result()
+            return None
+        finally:
+            for sig in later:
+                self._signals.put_nowait(sig)
 
     def _status(self) -> str:
         """The STATUS= line systemd shows."""

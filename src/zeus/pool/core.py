@@ -134,11 +134,13 @@ class Pool:
         if wait_ready:
             ready: asyncio.Future[Any] = asyncio.ensure_future(self._ready_event.wait())
             halted: asyncio.Future[Any] = self._halted
-            done, _ = await asyncio.wait(
-                {ready, halted}, timeout=self.config.boot_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            ready.cancel()
+            try:
+                done, _ = await asyncio.wait(
+                    {ready, halted}, timeout=self.config.boot_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:  # also when the boot itself is cancelled (a TERM while booting)
+                ready.cancel()
             if self._halted.done():
                 await self.stop(graceful=False)
                 raise self._halted.result()
