@@ -111,6 +111,24 @@ def test_sighup_reloads_every_worker_without_failing_a_request(
 
 
 @pytest.mark.timeout(60)
+def test_hups_in_a_row_fail_no_request_and_log_no_traceback(start_server: StartServer) -> None:
+    """Reloads on top of reloads: TERMs reach workers while they boot, wait or serve.  Each
+    leaves quietly (no traceback in the log) and no request fails."""
+    server = start_server()
+    with Hammer(server, keep_alive=True) as kept, Hammer(server) as fresh:
+        wait_until(lambda: len(kept.statuses) >= 20, 10, "requests before the reloads")
+        for _ in range(6):
+            server.send_signal(signal.SIGHUP)
+            time.sleep(0.02)  # pacing, not synchronisation: reloads overlap on purpose
+        wait_until(lambda: "SIGHUP" in server.log(), 10, "the reloads")
+        server.wait_ready(2, timeout=30)
+        count = len(kept.statuses)
+        wait_until(lambda: len(kept.statuses) >= count + 20, 10, "requests after the reloads")
+    assert kept.failures == [] and fresh.failures == [], (kept.failures, fresh.failures)
+    assert "Traceback" not in server.log(), server.log()[-4000:]
+
+
+@pytest.mark.timeout(60)
 def test_ttin_adds_a_worker_and_ttou_removes_one(start_server: StartServer) -> None:
     server = start_server()
     before = server.workers()

@@ -579,6 +579,10 @@ class Pool:
             return
         w.replacement = None
         rep = self._spawn()  # links itself to the first retiring worker without one
+        if rep is not None:
+            for old in self._workers:
+                if old.replacement is w:  # w was itself a replacement (a reload during a
+                    old.replacement = rep  # reload): the new worker takes its place
         if rep is None or w.state is WState.STARTING:
             self._drain(w, ExitCause.RECYCLE)
 
@@ -750,17 +754,14 @@ class Pool:
             self._spawn()
 
     def _missing(self) -> int:
-        """Workers to start: below target, plus retiring workers whose replacement died."""
+        """Workers to start: the target less the active workers.  A retiring worker is not
+        active, so one whose replacement died is counted here; the worker started for it
+        links itself to it (``_spawn``)."""
         active = sum(
             1 for w in self._workers
             if w.state in (WState.STARTING, WState.READY) and w.retire_reason is None
         )
-        orphaned = sum(
-            1 for w in self._workers
-            if w.retire_reason and w.retire_reason != "scale down" and w.replacement is None
-            and w.state is WState.READY
-        )
-        return self._target - active + orphaned
+        return self._target - active
 
     def _halt(self, exc: BaseException) -> None:
         if self._halted is not None and not self._halted.done():

@@ -284,7 +284,7 @@ class Worker:
         self._pending: deque[Message] = deque()
         self._current: Request | None = None  # the request being served
         self._stop = False
-        self._busy = False
+        self._waiting = False  # blocked for the next request: a TERM may interrupt it at once
         self._hb_stop = threading.Event()
         self.requests_served = 0
 
@@ -313,9 +313,18 @@ class Worker:
                 cur.ended = True  # nothing more may be sent for it
 
     def _recv(self) -> Message:
+        """The next message to dispatch.  Only this wait may be cut short by a TERM
+        (``_Stop``): a signal landing anywhere else -- decoding a head, starting the
+        heartbeat thread, closing the channel -- only sets ``_stop``, seen by the loop."""
         if self._pending:
             return self._pending.popleft()
-        return self.channel.recv()
+        self._waiting = True
+        try:
+            if self._stop:  # a TERM just before the flag was set
+                raise _Stop
+            return self.channel.recv()
+        finally:
+            self._waiting = False
 
     def _next_for(self, req: Request) -> Message:
         """The next message for ``req``; messages for other IDs wait their turn."""
@@ -406,12 +415,10 @@ class Worker:
                 head = decode_request_head(msg.data)
                 end, rid = msg.end, msg.id
         req = Request(self, rid, head, end)
-        self._busy = True
         self._current = req
         try:
             self._run(req, handler)
         finally:
-            self._busy = False
             self._current = None
             self.requests_served += 1
 
@@ -508,7 +515,7 @@ class Worker:
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self._stop = True
-        if not self._busy:
+        if self._waiting:
             raise _Stop
 
     def _heartbeat(self) -> None:
