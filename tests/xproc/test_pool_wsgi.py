@@ -147,6 +147,25 @@ def test_50_mib_upload_streams_through_wsgi_input() -> None:
     run(body)
 
 
+def test_a_body_given_in_pieces_reaches_wsgi_input_whole_and_in_order() -> None:
+    """A body known up front may be handed over in the pieces it arrived in (the front does
+    so, instead of joining them): odd sizes, an empty piece and one over a message's size
+    read back as the same bytes, in order."""
+    pieces = [os.urandom(n) for n in (1, 0, 65_537, 3, 300_001, 4096)]
+    data = b"".join(pieces)
+
+    async def body() -> None:
+        async with pool_of(APP) as pool:
+            r = await read_reply(await pool.submit(head("/upload?7000", "POST", [
+                (b"content-length", str(len(data)).encode())]), pieces))
+            assert r.status == 200
+            got = r.json()
+            assert got["length"] == len(data)
+            assert got["sha256"] == hashlib.sha256(data).hexdigest()
+
+    run(body)
+
+
 def test_readline_readlines_and_iteration() -> None:
     """readline(limit), readline(), readlines(hint) and iteration split lines across chunks."""
     data = b"first line\nsecond\nthird\nfourth\n" + b"x" * 1000 + b"\nlast without newline"

@@ -53,6 +53,9 @@ _HOP_BY_HOP: Final = frozenset(
 )
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _WRITE_PIECE: Final = 256 * 1024
+# A body received whole before its request is submitted goes to the worker in the pieces it
+# arrived in, up to this many (a 1 MiB upload comes in some 16 socket reads); more are joined.
+_MAX_PIECES: Final = 32
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -404,8 +407,12 @@ class HttpProtocol(asyncio.Protocol):
         forward: asyncio.Task[None] | None = None
         try:
             if not expects_body or (req.complete and req.body_bytes <= 1 << 20):
-                body = b"".join(req.body) if req.body else b""
-                req.body.clear()
+                # The pieces go into the arena as they came off the socket (no 1 MiB join);
+                # a body in many small pieces (tiny chunks) is joined: one message each
+                # would cost more than the copy.
+                pieces = req.body
+                body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
+                pieces.clear()
                 ex = await self.pool.submit(head, body)
             else:
                 ex = await self.pool.submit(head, streaming=True)

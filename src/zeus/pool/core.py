@@ -225,15 +225,25 @@ class Pool:
     # ------------------------------------------------------------------ requests
 
     async def submit(
-        self, head: RequestHead, body: bytes | None = b"", *, streaming: bool = False
+        self, head: RequestHead, body: bytes | Sequence[bytes] | None = b"", *,
+        streaming: bool = False,
     ) -> Exchange:
         """Hand a request to a worker; returns once its head (and ``body``) are sent.
 
-        With ``streaming``, the caller sends the body with ``Exchange.send_body``.
+        ``body`` may be a sequence of pieces (as they came off the socket): each goes into
+        the arena as it is, without joining them first.  With ``streaming``, the caller sends
+        the body with ``Exchange.send_body``.
         """
         if self._stopping or not self._running:
             raise Overloaded("server is shutting down")
-        ex = Exchange(self, head, None if streaming else (body or b""))
+        pieces: Sequence[bytes] | None
+        if streaming:
+            pieces = None
+        elif isinstance(body, bytes) or body is None:
+            pieces = (body,) if body else ()
+        else:
+            pieces = body
+        ex = Exchange(self, head, pieces)
         worker = self._pick(ex)
         if worker is None:
             worker = await self._enqueue(ex)
@@ -322,8 +332,8 @@ class Pool:
 
     async def _send_request(self, ex: Exchange, w: WorkerHandle, streaming: bool) -> None:
         head = encode_request_head(ex.head)
-        body = ex.replay
-        has_body = streaming or bool(body)
+        pieces = ex.replay
+        has_body = streaming or bool(pieces)
         ex.ring_seq = 0  # not published on ``w`` yet (it may hold another worker's count)
         pump = w.pump
         limit = pump.channel.max_chunk
@@ -334,10 +344,14 @@ class Pool:
             ):
                 await pump.send(ex.id, head, Kind.REQUEST_HEAD, 0 if has_body else Flag.END)
             ex.ring_seq = pump.sent
-            if body and (len(body) > limit or not pump.send_nowait(
-                ex.id, body, Kind.REQUEST_BODY, Flag.END
-            )):
-                await pump.send(ex.id, body, Kind.REQUEST_BODY, Flag.END)
+            if pieces:
+                last = len(pieces) - 1
+                for i, piece in enumerate(pieces):
+                    flags = Flag.END if i == last else 0
+                    if len(piece) > limit or not pump.send_nowait(
+                        ex.id, piece, Kind.REQUEST_BODY, flags
+                    ):
+                        await pump.send(ex.id, piece, Kind.REQUEST_BODY, flags)
             ex.handed = not streaming
         except (PeerLostError, PeerBrokenError) as exc:
             if ex._error is None and not ex.resend and isinstance(exc, PeerLostError) and (

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from zeus.channel import Message
@@ -53,11 +54,12 @@ _ids = itertools.count(1)
 class Exchange:
     """One request handed to the pool; its response comes back through here."""
 
-    def __init__(self, pool: Pool, head: RequestHead, replay: bytes | None) -> None:
+    def __init__(self, pool: Pool, head: RequestHead, replay: Sequence[bytes] | None) -> None:
         self.id: Final = next(_ids)
         self._pool = pool
         self.head = head
-        self.replay = replay  # the whole body when known up front (lets a retry happen)
+        # The whole body when known up front, in the pieces it arrived in (lets a retry happen)
+        self.replay = replay
         self.worker: WorkerHandle | None = None
         self.ring_seq = 0  # the worker's request-ring position just after our head was sent
         self.handed = False  # head and body are all in the worker's ring
