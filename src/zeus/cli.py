@@ -206,6 +206,7 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         workers=settings.workers,
         balance=Balance(settings.balance),
         concurrency=concurrency,
+        prefetch=settings.prefetch,
         timeout=settings.timeout,
         graceful_timeout=settings.graceful_timeout,
         region_size=settings.region_size,

@@ -170,6 +170,37 @@ def test_requests_queue_when_every_worker_is_busy(start_server: StartServer) -> 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("prefetch", [0, 4])
+def test_prefetch_sets_how_many_requests_wait_in_a_busy_workers_ring(
+    start_server: StartServer, prefetch: int,
+) -> None:
+    """--prefetch N: a busy worker's ring takes N more requests; the rest wait in the front's
+    queue for the first free worker."""
+    server, port = start_with_metrics(start_server, "--prefetch", str(prefetch), workers=1)
+    slow = server.conn()
+    others = [server.conn() for _ in range(5)]
+    try:
+        slow.send(build_request("GET", "/sleep?2"))
+        marker(server, "sleeping")
+        for c in others:
+            c.send(build_request("GET", "/hello"))
+
+        def waiting() -> float:
+            got = scrape(port)
+            return value(got, "zeus_requests_in_flight") + value(got, "zeus_requests_queued")
+
+        wait_until(lambda: waiting() == 6, 10, "all six requests to reach the pool")
+        got = scrape(port)
+        assert value(got, "zeus_requests_queued") == 5 - prefetch
+        assert value(got, "zeus_requests_in_flight") == 1 + prefetch
+        assert slow.read_response().status == 200
+        assert all(c.read_response().status == 200 for c in others)
+    finally:
+        for c in [slow, *others]:
+            c.close()
+
+
+@pytest.mark.timeout(60)
 def test_a_killed_worker_counts_as_a_crash_restart(start_server: StartServer) -> None:
     server, port = start_with_metrics(start_server)
     victim = next(iter(server.workers()))
