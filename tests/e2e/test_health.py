@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,28 @@ def test_readiness_is_503_while_draining_on_term(start_server: StartServer) -> N
         answer = slow.read_response()
         assert (answer.status, answer.body) == (200, b"slept")
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_drain_delay_serves_new_connections_while_readiness_fails(
+    start_server: StartServer,
+) -> None:
+    """--drain-delay: after TERM the server keeps accepting and serving while readiness is
+    503 (load balancers take it out of rotation first); a second TERM ends the delay and the
+    usual drain follows."""
+    server, mport = start_with_metrics(start_server, *PROBES, "--drain-delay", "60")
+    server.send_signal(signal.SIGTERM)
+    wait_until(lambda: get(mport, "/readyz").status_code == 503, 5, "readiness 503")
+    assert get(server.port, "/readyz").text == "not ready: draining\n"
+    assert value(scrape(mport), "zeus_draining") == 1
+    for _ in range(3):  # a new connection each time: the listener is still open
+        resp = get(server.port, "/hello")
+        assert resp.status_code == 200 and resp.headers["connection"] == "keep-alive"
+    assert server.proc.poll() is None
+    assert "readiness fails for 60.0s, then the drain" in server.log()
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0  # the second TERM: no wait for the 60 s
+    assert time.monotonic() - started < 15
 
 
 @pytest.mark.timeout(60)

@@ -266,6 +266,11 @@ class Settings:
     graceful_timeout: float = option(
         30.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
         help="seconds to finish requests in flight on TERM or reload")
+    drain_delay: float = option(
+        0.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
+        help="on TERM, keep serving this long with readiness failing (503) before the "
+             "listeners close and the drain starts: time for load balancers to stop sending "
+             "new connections (a built-in preStop sleep); a second TERM skips the rest")
     keep_alive: float = option(5.0, section="timeouts", parse=parse_seconds, metavar="SECONDS",
                                help="idle keep-alive timeout")
     header_timeout: float = option(

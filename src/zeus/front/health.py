@@ -9,8 +9,9 @@ drains.  Restarting a host because its application is slow would only make thing
 restarting one whose front no longer answers is right.
 
 *Readiness* says "send me traffic": 200 while at least one worker is ready and the server is
-not draining, else 503.  On TERM the front starts draining, readiness turns 503 at once, and
-it stays answerable on the metrics bind until the process exits -- so Kubernetes removes the
+not draining, else 503.  On TERM readiness turns 503 at once (and stays so through
+``--drain-delay``, while the front still serves as before, then through the drain), and it
+stays answerable on the metrics bind until the process exits -- so Kubernetes removes the
 endpoint while the requests in flight finish.  A host whose workers are all busy stays ready:
 taking it out would push its load onto the others.
 
@@ -71,7 +72,7 @@ class Health:
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the server should get traffic, and why (the probe's body)."""
-        if self.server.draining:
+        if self.server.draining or self.server.lame_duck:
             return False, "draining"
         workers = self.server.pool.workers
         ready = sum(1 for w in workers if w.state.value == "ready")

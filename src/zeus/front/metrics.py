@@ -124,7 +124,7 @@ class ZeusCollector(Collector):
         yield GaugeMetricFamily("zeus_ready", "1 while the readiness probe answers 200",
                                 value=int(ready))
         yield GaugeMetricFamily("zeus_draining", "1 once the server drains (after TERM)",
-                                value=int(server.draining))
+                                value=int(server.draining or server.lame_duck))
 
 
 def http_families(m: FrontMetrics, connections: int) -> Iterator[Metric]:

@@ -111,6 +111,7 @@ class FrontServer:
         self.servers: list[asyncio.Server] = []
         self.listeners: list[socket.socket] = []  # the listening sockets (drained on TERM)
         self.draining = False
+        self.lame_duck = False  # TERM with --drain-delay: serving, but readiness fails
         self.date_header = b""
         self._date_timer: asyncio.TimerHandle | None = None
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -178,9 +179,10 @@ class FrontServer:
                     return ServerExit.BOOT_FAILURE
                 sig = getter.result()
                 if sig == signal.SIGTERM:
-                    log.info("SIGTERM: draining")
                     self.notifier.stopping("draining: finishing requests in flight")
-                    await self.shutdown(graceful=True)
+                    graceful = await self._lame_duck()
+                    log.info("SIGTERM: draining" if graceful else "SIGINT: stopping")
+                    await self.shutdown(graceful=graceful)
                     return ServerExit.OK
                 if sig == signal.SIGINT:
                     log.info("SIGINT: stopping")
@@ -215,6 +217,29 @@ class FrontServer:
         """The server as the hooks see it."""
         return ServerInfo(pid=os.getpid(), addresses=tuple(self.addresses),
                           settings=self.config.settings)
+
+    async def _lame_duck(self) -> bool:
+        """``--drain-delay``: before the drain, keep serving for that long while readiness
+        fails, so that load balancers polling it stop sending new connections before the
+        listeners close (what a Kubernetes preStop sleep does by hand).  A second TERM ends
+        the delay; an INT ends it and asks for a quick stop (returns False)."""
+        delay = self.config.settings.drain_delay
+        if delay <= 0:
+            return True
+        log.info("SIGTERM: readiness fails for %.1fs, then the drain", delay)
+        self.lame_duck = True
+        deadline = self.loop.time() + delay
+        while (left := deadline - self.loop.time()) > 0:
+            try:
+                sig = await asyncio.wait_for(self._signals.get(), left)
+            except TimeoutError:
+                break
+            if sig == signal.SIGINT:
+                return False
+            if sig == signal.SIGTERM:
+                break
+            log.info("%s ignored: the server is stopping", sig.name)
+        return True
 
     async def _boot(self) -> ServerExit | None:
         """Start the pool; a TERM or an INT meanwhile stops the boot and the workers already
