@@ -182,9 +182,29 @@ class Hooks:
         """Listening, and a worker is ready to serve."""
         self._call("when_ready", server)
 
-    def pre_spawn(self, worker: WorkerInfo) -> None:
-        """Just before a worker process is started."""
-        self._call("pre_spawn", worker)
+    def pre_spawn(self, worker: WorkerInfo) -> dict[str, str]:
+        """Just before a worker process is started: the environment variables the hook
+        returns (a mapping of str to str, or None) are added to that worker's environment.
+        Anything else is logged and ignored."""
+        entry = self._functions.get("pre_spawn")
+        if entry is None:
+            return {}
+        spec, func = entry
+        try:
+            extra = func(worker)
+        except (Exception, SystemExit) as exc:
+            log.error("hook pre_spawn (%s) failed: %s: %s", spec, type(exc).__name__, exc,
+                      exc_info=True)
+            return {}
+        if extra is None:
+            return {}
+        if isinstance(extra, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) and k and "=" not in k and
+                "\0" not in k + v for k, v in extra.items()):
+            return dict(extra)
+        log.error("hook pre_spawn (%s) returned %.200r: expected None or a mapping of "
+                  "environment variable names to values (str); ignored", spec, extra)
+        return {}
 
     def worker_ready(self, worker: WorkerInfo) -> None:
         """A worker finished booting and takes requests."""

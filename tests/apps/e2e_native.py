@@ -69,6 +69,8 @@ def app(req: Request) -> Response | None:
         return Response(200, [], query.encode())
     if path == "/pid":
         return Response(200, [], str(os.getpid()).encode())
+    if path == "/env":  # /env?NAME: the worker's environment variable NAME ("-" if unset)
+        return Response(200, [], os.environ.get(query, "-").encode())
     if path == "/hash":
         digest = hashlib.sha256()
         size = 0

@@ -59,3 +59,11 @@ def on_exit(server: ServerInfo, status: int) -> None:
 
 async def a_coroutine(server: ServerInfo) -> None:
     """Not a valid hook: hooks run on the front's loop as plain calls."""
+
+
+def pre_spawn_env(worker: WorkerInfo) -> dict[str, str] | list[str]:
+    """Gives each worker ``ZEUS_HOOK_WORKER=index/generation``; with ``$HOOKS_BAD_ENV`` set,
+    returns a list instead (not a mapping: logged and ignored)."""
+    if os.environ.get("HOOKS_BAD_ENV"):
+        return ["not", "a", "mapping"]
+    return {"ZEUS_HOOK_WORKER": f"{worker.index}/{worker.generation}"}

@@ -173,3 +173,26 @@ def test_a_hook_may_be_a_file_path(tmp_path: Path) -> None:
     out = zeus("check-config", APP, "--when-ready", "tests/apps/hooks.py:when_ready")
     assert out.returncode == 0, out.stderr
     assert 'when_ready = "tests/apps/hooks.py:when_ready"' in out.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad", [False, True])
+def test_pre_spawn_may_add_to_each_workers_environment(tmp_path: Path, bad: bool) -> None:
+    """The mapping ``pre_spawn`` returns joins that worker's environment (the replacement of a
+    killed worker gets its own); anything but a mapping of str is logged and ignored."""
+    server = Server(["--workers", "1", "--graceful-timeout", "5",
+                     "--pre-spawn", f"{HOOKS}:pre_spawn_env"], tmp_path, tmp_path / "zeus.log",
+                    env={"HOOKS_BAD_ENV": "1"} if bad else {})
+    try:
+        (first,) = server.wait_ready(1)
+        with server.conn() as conn:
+            assert conn.request("GET", "/env?ZEUS_HOOK_WORKER").body == (b"-" if bad else b"0/0")
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: server.ready_workers() - {first}, 30, "the replacement")
+        with server.conn() as conn:
+            assert conn.request("GET", "/env?ZEUS_HOOK_WORKER").body == (b"-" if bad else b"1/0")
+        assert server.stop() == 0
+    finally:
+        server.kill_all()
+    assert ("hook pre_spawn" in server.log() and "expected None or a mapping" in server.log()
+            ) is bad

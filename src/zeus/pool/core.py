@@ -566,9 +566,9 @@ class Pool:
     def _spawn(self) -> WorkerHandle | None:
         index = self._next_index
         self._next_index += 1
-        self.hooks.pre_spawn(WorkerInfo(index, self._generation, None))
+        extra_env = self.hooks.pre_spawn(WorkerInfo(index, self._generation, None))
         try:
-            w = WorkerHandle(self, index, self._generation)
+            w = WorkerHandle(self, index, self._generation, extra_env)
         except OSError as exc:
             log.error("cannot start worker: %s", exc)
             self._halt(BootFailure(f"cannot start worker {self.config.argv[0]!r}: {exc}"))

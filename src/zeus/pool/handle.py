@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from zeus.aiochannel import ChannelPump
@@ -34,13 +35,14 @@ class WState(enum.Enum):
 class WorkerHandle:
     """The pool's record of one worker: process, region, channel, pump, requests."""
 
-    def __init__(self, pool: Pool, index: int, generation: int) -> None:
+    def __init__(self, pool: Pool, index: int, generation: int,
+                 extra_env: Mapping[str, str] | None = None) -> None:
         cfg = pool.config
         self.index = index
         self.generation = generation
         self.region = Region.create(cfg.region_size, cfg.slots, name=f"zeus-worker-{index}")
         try:
-            env = {**cfg.env, "ZEUS_SPIN_NS": str(cfg.worker_spin_ns())}
+            env = {**cfg.env, **(extra_env or {}), "ZEUS_SPIN_NS": str(cfg.worker_spin_ns())}
             self.process = WorkerProcess(
                 cfg.argv, self.region, env=env, limits=cfg.limits, cgroup=pool._cgroup,
                 name=f"zeus-{pool.pid}-{index}-{generation}", cwd=cfg.cwd,
