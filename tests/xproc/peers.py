@@ -368,11 +368,17 @@ def mode_spawn_child(args: argparse.Namespace) -> None:
     bells = {"doorbell": region.doorbell_fd, "worker_doorbell": region.worker_doorbell_fd}
     ours.update((name, fd) for name, fd in bells.items() if fd is not None)
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"],
+        [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         close_fds=False,
     )
     try:
+        # Look only once the child runs its program: Popen may return (vfork) as soon as
+        # the exec has replaced the child's memory, before the kernel has closed its
+        # close-on-exec descriptors -- a listing then would show them all.
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"up\n"
         held = {name: _holds(child.pid, fd, fd) for name, fd in ours.items()}
         listing = {
             name: os.readlink(f"/proc/{child.pid}/fd/{name}")
@@ -383,6 +389,8 @@ def mode_spawn_child(args: argparse.Namespace) -> None:
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()
         child.wait(timeout=30)
+        if child.stdout is not None:
+            child.stdout.close()
     _emit(
         {
             "held": held,
