@@ -594,6 +594,8 @@ typedef struct {
     Py_ssize_t peer_sleep_word, peer_wake_word;
     uint32_t last_woken, wake_seq;
     int doorbell_fd;
+    int defer_data;   /* defer_wakes(True): publications leave the wake to flush_wakes() */
+    int data_pending; /* a deferred publication has not been followed by flush_wakes() */
     PyObject *in_view; /* memoryview of the in arena: Message.data slices it */
     PyObject *broken_msg; /* set once the peer broke the protocol */
     uint64_t kinds_mask; /* bit k set: kind k is valid */
@@ -837,9 +839,9 @@ arena_alloc(Endpoint *e, uint64_t n)
     return (int64_t)(start % e->out_size);
 }
 
+/* Write one slot at the ring head without publishing it (publish_out does). */
 static void
-publish_slot_ep(Endpoint *e, uint64_t id, uint16_t kind, uint16_t flags, uint32_t len,
-                uint64_t off)
+put_slot(Endpoint *e, uint64_t id, uint16_t kind, uint16_t flags, uint32_t len, uint64_t off)
 {
     char *p = e->map->base + e->out_ring + (e->out_head & e->mask) * SLOT;
     uint64_t zero = 0;
@@ -852,8 +854,26 @@ publish_slot_ep(Endpoint *e, uint64_t id, uint16_t kind, uint16_t flags, uint32_
     e->out_head++;
     e->msgs_out++;
     e->bytes_out += len;
+}
+
+/* Publish the slots put so far, and wake the peer for them (or leave that to flush_wakes). */
+static void
+publish_out(Endpoint *e)
+{
     /* release: slot fields and arena bytes are visible before the head that covers them */
-    wake_if_asleep(e, publish_u64(e, e->head_word, e->out_head), WANT_DATA);
+    uint32_t peer = publish_u64(e, e->head_word, e->out_head);
+    if (e->defer_data)
+        e->data_pending = 1; /* flush_wakes() loads the peer's word again and wakes it */
+    else
+        wake_if_asleep(e, peer, WANT_DATA);
+}
+
+static void
+publish_slot_ep(Endpoint *e, uint64_t id, uint16_t kind, uint16_t flags, uint32_t len,
+                uint64_t off)
+{
+    put_slot(e, id, kind, flags, len, off);
+    publish_out(e);
 }
 
 static int
@@ -1495,6 +1515,42 @@ Endpoint_wake_peer(Endpoint *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* defer_wakes(flag): with flag, publishing a message does not wake a sleeping peer; the
+   caller calls flush_wakes() once it has published a batch, so a peer asleep gets one wake
+   for the batch instead of being woken by the first message and going back to sleep before
+   the next.  Space publications (tail, release position) still wake at once. */
+static PyObject *
+Endpoint_defer_wakes(Endpoint *self, PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    self->defer_data = flag;
+    Py_RETURN_NONE;
+}
+
+/* flush_wakes(): after deferred publications, wake the peer if it announced sleep.  The
+   publications' own store-fence-load already happened; this loads the peer's sleep word
+   again after another full fence, so a peer that announced sleep since is woken too (its
+   re-check after its announcement either saw our head move, or we see its announcement). */
+static PyObject *
+Endpoint_flush_wakes(Endpoint *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->data_pending)
+        Py_RETURN_NONE;
+    if (!self->map || !self->map->has_view) {
+        PyErr_SetString(PyExc_ValueError, "endpoint's mapping is released");
+        return NULL;
+    }
+    self->data_pending = 0;
+    char *base = self->map->base;
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t peer = atomic_load_explicit((_Atomic uint32_t *)(base + self->peer_sleep_word),
+                                         memory_order_acquire);
+    wake_if_asleep(self, peer, WANT_DATA);
+    Py_RETURN_NONE;
+}
+
 /* state() -> dict of the local counters (for statistics and repr). */
 static PyObject *
 Endpoint_state(Endpoint *self, PyObject *Py_UNUSED(ignored))
@@ -1539,6 +1595,10 @@ static PyMethodDef Endpoint_methods[] = {
      "Announce sleep (store, full fence, re-check) in one call: a wake sequence, or -1/-2."},
     {"wake_peer", (PyCFunction)Endpoint_wake_peer, METH_NOARGS,
      "Wake the peer unconditionally (futex and doorbell)."},
+    {"defer_wakes", (PyCFunction)Endpoint_defer_wakes, METH_O,
+     "With True, publishing leaves waking a sleeping peer to flush_wakes()."},
+    {"flush_wakes", (PyCFunction)Endpoint_flush_wakes, METH_NOARGS,
+     "Wake the peer if it sleeps and messages were published since the last flush."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1979,6 +2039,293 @@ out:
     return res;
 }
 
+/* ---- The worker's response fast path (zeus.worker, zeus.adapters.wsgi) ----
+   Mechanism only: header normalisation with the checks the front applies to what a worker
+   sends (so a bad header is the handler's ValueError, a 500, never a protocol violation), and
+   a whole small response -- head and body -- written into the arena and published with ONE
+   release store of the ring head and ONE look at the peer's sleep word.  Which responses take
+   this path (status, HEAD, Content-Length, size) is decided in Python (Worker._write_response);
+   the head's layout is encode_response_head's (zeus.core.codec). */
+
+/* A header name or value as bytes: str (latin-1), bytes as is, another buffer copied;
+   str_only: anything but str is a TypeError (PEP 3333 headers are str). */
+static PyObject *
+header_bytes(PyObject *obj, int str_only)
+{
+    if (PyUnicode_Check(obj))
+        return PyUnicode_AsLatin1String(obj);
+    if (str_only) {
+        PyErr_Format(PyExc_TypeError, "header %R: name and value must be str", obj);
+        return NULL;
+    }
+    if (PyBytes_CheckExact(obj)) {
+        Py_INCREF(obj);
+        return obj;
+    }
+    return PyBytes_FromObject(obj);
+}
+
+/* The first 40 bytes of a header name, for an error message. */
+static void
+header_error(PyObject *exc, const char *what, PyObject *name)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(name);
+    PyObject *cut = PyBytes_FromStringAndSize(PyBytes_AS_STRING(name), n < 40 ? n : 40);
+    if (cut) {
+        PyErr_Format(exc, what, cut);
+        Py_DECREF(cut);
+    }
+}
+
+/* response_headers(headers, str_only) -> list of (lower-case name, value) bytes pairs.
+   ValueError for a name that is not an RFC 9110 token or a value with CR, LF or NUL. */
+static PyObject *
+native_response_headers(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "response_headers(headers, str_only)");
+        return NULL;
+    }
+    int str_only = PyObject_IsTrue(args[1]);
+    if (str_only < 0)
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[0]);
+    if (!it)
+        return NULL;
+    PyObject *out = PyList_New(0), *item;
+    if (!out) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    while ((item = PyIter_Next(it)) != NULL) {
+        PyObject *name = NULL, *value = NULL, *pair = NULL;
+        PyObject *seq = PySequence_Fast(item, "a header must be a (name, value) pair");
+        Py_DECREF(item);
+        if (!seq)
+            goto fail;
+        if (PySequence_Fast_GET_SIZE(seq) != 2) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "a header must be a (name, value) pair");
+            goto fail;
+        }
+        name = header_bytes(PySequence_Fast_GET_ITEM(seq, 0), str_only);
+        if (name)
+            value = header_bytes(PySequence_Fast_GET_ITEM(seq, 1), str_only);
+        Py_DECREF(seq);
+        if (!value)
+            goto fail_pair;
+        const unsigned char *np = (const unsigned char *)PyBytes_AS_STRING(name);
+        Py_ssize_t nl = PyBytes_GET_SIZE(name);
+        int ok = nl > 0, upper = 0;
+        for (Py_ssize_t k = 0; ok && k < nl; k++) {
+            ok = is_tchar(np[k]);
+            upper |= np[k] >= 'A' && np[k] <= 'Z';
+        }
+        if (!ok) {
+            header_error(PyExc_ValueError, "invalid header name %R", name);
+            goto fail_pair;
+        }
+        const char *vp = PyBytes_AS_STRING(value);
+        size_t vl = (size_t)PyBytes_GET_SIZE(value);
+        if (memchr(vp, '\r', vl) || memchr(vp, '\n', vl) || memchr(vp, '\0', vl)) {
+            header_error(PyExc_ValueError, "invalid value for header %R", name);
+            goto fail_pair;
+        }
+        if (upper) {
+            PyObject *low = PyBytes_FromStringAndSize(NULL, nl);
+            if (!low)
+                goto fail_pair;
+            char *q = PyBytes_AS_STRING(low);
+            for (Py_ssize_t k = 0; k < nl; k++)
+                q[k] = (char)(np[k] >= 'A' && np[k] <= 'Z' ? np[k] + 32 : np[k]);
+            Py_SETREF(name, low);
+        }
+        pair = PyTuple_Pack(2, name, value);
+        if (!pair || PyList_Append(out, pair) < 0)
+            goto fail_pair;
+        Py_DECREF(pair);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        continue;
+    fail_pair:
+        Py_XDECREF(pair);
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        goto fail;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+fail:
+    Py_DECREF(it);
+    Py_DECREF(out);
+    return NULL;
+}
+
+static inline void
+put_u16(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v & 0xFF);
+    p[1] = (unsigned char)((v >> 8) & 0xFF);
+}
+
+static inline void
+put_u32(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)((v >> (8 * i)) & 0xFF);
+}
+
+/* send_response(endpoint, id, head_kind, body_kind, end_flag, status, headers, body,
+   add_length) -> bool.  headers: a list of (bytes, bytes) pairs (response_headers' output).
+   add_length: append content-length: len(body) unless a header is named b"content-length".
+   Publishes the head (flags end_flag if the body is empty) and then the body (end_flag), or
+   nothing and returns False when the ring or the arena lacks room for both. */
+static PyObject *
+native_send_response(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "send_response(endpoint, id, head_kind, body_kind, "
+                                         "end_flag, status, headers, body, add_length)");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], &EndpointType)) {
+        PyErr_SetString(PyExc_TypeError, "send_response needs an Endpoint");
+        return NULL;
+    }
+    Endpoint *e = (Endpoint *)args[0];
+    unsigned long long id;
+    unsigned int hkind, bkind;
+    if (parse_hdr(args + 1, &id, &hkind, &bkind) < 0)
+        return NULL;
+    unsigned long end = PyLong_AsUnsignedLong(args[4]);
+    unsigned long status = PyLong_AsUnsignedLong(args[5]);
+    int add_length = PyObject_IsTrue(args[8]);
+    if (PyErr_Occurred() || add_length < 0 || !usable(e))
+        return NULL;
+    if (status > 0xFFFF || end > 0xFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "status and flags are 16-bit");
+        return NULL;
+    }
+    if (e->reserved) {
+        PyErr_SetString(PyExc_RuntimeError, "a reservation is outstanding");
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "headers must be a list");
+        return NULL;
+    }
+    PyObject *headers = args[6];
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[7], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    char length[24];
+    int length_len = 0;
+    /* The head's size, and whether content-length is already there. */
+    Py_ssize_t nh = PyList_GET_SIZE(headers);
+    uint64_t size = 8;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "headers must be (bytes, bytes) pairs");
+            goto out;
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1));
+        if (nl > 0xFFFF || (uint64_t)vl > 0xFFFFFFFFu) {
+            PyErr_SetString(PyExc_OverflowError, "header field too long");
+            goto out;
+        }
+        if (add_length && nl == 14 && memcmp(PyBytes_AS_STRING(name), "content-length", 14) == 0)
+            add_length = 0;
+        size += 6 + (uint64_t)nl + (uint64_t)vl;
+    }
+    if (add_length) {
+        length_len = snprintf(length, sizeof length, "%zd", b.len);
+        size += 6 + 14 + (uint64_t)length_len;
+    }
+    if (size > e->out_size / 2 || (uint64_t)b.len > e->out_size / 2) {
+        res = Py_False; /* a message this large is the chunking path's (Channel.send) */
+        goto out;
+    }
+    unsigned int hflags = b.len ? 0 : (unsigned int)end;
+    if (check_outgoing(e, hkind, hflags, size) < 0 ||
+        check_outgoing(e, bkind, (unsigned int)end, (unsigned long long)b.len) < 0)
+        goto out;
+    /* Room for both slots, then both allocations; undo the first if the second fails. */
+    uint64_t need = b.len ? 2 : 1;
+    if (e->out_head + need - e->out_tail_cache > e->slots) {
+        int room = ring_room(e);
+        if (room < 0)
+            goto out;
+        if (e->out_head + need - e->out_tail_cache > e->slots) {
+            res = Py_False;
+            goto out;
+        }
+    }
+    uint64_t save_head = e->a_head, save_prev = e->a_prev, save_last = e->a_last;
+    int64_t hoff = arena_alloc(e, size);
+    if (hoff == -2)
+        goto out;
+    int64_t boff = 0;
+    if (hoff >= 0 && b.len) {
+        boff = arena_alloc(e, (uint64_t)b.len);
+        if (boff == -2) {
+            e->a_head = save_head, e->a_prev = save_prev, e->a_last = save_last;
+            goto out;
+        }
+    }
+    if (hoff == -1 || boff == -1) {
+        e->a_head = save_head, e->a_prev = save_prev, e->a_last = save_last;
+        res = Py_False;
+        goto out;
+    }
+    unsigned char *p = (unsigned char *)e->map->base + e->out_arena + hoff;
+    uint32_t count = (uint32_t)nh + (add_length ? 1 : 0);
+    p[0] = 1;
+    p[1] = 0;
+    put_u16(p + 2, (uint32_t)status);
+    put_u32(p + 4, count);
+    p += 8;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
+        put_u16(p, (uint32_t)nl);
+        memcpy(p + 2, PyBytes_AS_STRING(name), (size_t)nl);
+        p += 2 + nl;
+        put_u32(p, (uint64_t)vl);
+        memcpy(p + 4, PyBytes_AS_STRING(value), (size_t)vl);
+        p += 4 + vl;
+    }
+    if (add_length) {
+        put_u16(p, 14);
+        memcpy(p + 2, "content-length", 14);
+        p += 16;
+        put_u32(p, (uint64_t)length_len);
+        memcpy(p + 4, length, (size_t)length_len);
+    }
+    put_slot(e, id, (uint16_t)hkind, (uint16_t)hflags, (uint32_t)size, (uint64_t)hoff);
+    if (b.len) {
+        memcpy(e->map->base + e->out_arena + boff, b.buf, (size_t)b.len);
+        put_slot(e, id, (uint16_t)bkind, (uint16_t)end, (uint32_t)b.len, (uint64_t)boff);
+    }
+    /* release: both slots and their arena bytes are visible before the head covers them */
+    publish_out(e);
+    res = Py_True;
+out:
+    PyBuffer_Release(&b);
+    Py_XINCREF(res);
+    return res;
+}
+
+/* ---- end of the worker's response fast path ---- */
+
 static PyMethodDef module_methods[] = {
     {"encode_request_head", (PyCFunction)(void (*)(void))native_encode_request_head,
      METH_FASTCALL, "Serialise a request head (zeus.core.codec layout)."},
@@ -1993,6 +2340,10 @@ static PyMethodDef module_methods[] = {
     {"fence", native_fence, METH_NOARGS, "Full (sequentially consistent) memory fence."},
     {"set_broken_error", native_set_broken_error, METH_O,
      "Set the exception class raised when the peer breaks the protocol."},
+    {"response_headers", (PyCFunction)(void (*)(void))native_response_headers, METH_FASTCALL,
+     "Normalise and check response headers: a list of (lower-case name, value) bytes pairs."},
+    {"send_response", (PyCFunction)(void (*)(void))native_send_response, METH_FASTCALL,
+     "Write a response head and body into the arena and publish both at once."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -63,9 +63,12 @@ class ChannelPump:
         self._asleep = False
         self._wants_space = False
         self._closed = False
+        self._wake_due = False  # messages sent this loop turn; _flush_wakes is scheduled
         self.drains = 0
         self.sent = 0  # messages published on the request ring (its head, as we count it)
         self.space_waits = 0  # sends that found the ring or arena full (back-pressure)
+        # One wake of a sleeping peer per loop turn, not per message (Channel.defer_wakes)
+        channel.defer_wakes()
         self._loop.add_reader(bell, self._on_bell)
         self._schedule()
 
@@ -149,6 +152,7 @@ class ChannelPump:
                 try:
                     ch.send_nowait(msg_id, chunk, kind, f)
                     self.sent += 1
+                    self._wake_later()
                     break
                 except WouldBlock:
                     await self.wait_space()
@@ -164,6 +168,8 @@ class ChannelPump:
         except WouldBlock:
             return False
         self.sent += 1
+        if not self._wake_due:
+            self._wake_later()
         return True
 
     def cancel(self, msg_id: int) -> None:
@@ -173,6 +179,19 @@ class ChannelPump:
         with contextlib.suppress(WouldBlock, ZeusError):
             self.channel.send_nowait(msg_id, b"", Kind.CANCEL, Flag.END)
             self.sent += 1
+            self._wake_later()
+
+    def _wake_later(self) -> None:
+        """Wake the peer, if it sleeps, once this loop turn's sends are all published."""
+        if not self._wake_due:
+            self._wake_due = True
+            self._loop.call_soon(self._flush_wakes)
+
+    def _flush_wakes(self) -> None:
+        self._wake_due = False
+        if not self._closed:
+            with contextlib.suppress(ValueError):  # the mapping went with the channel
+                self.channel.flush_wakes()
 
     async def wait_space(self) -> None:
         """Wait until the worker has made progress (consumed messages or released space)."""

@@ -21,6 +21,8 @@ executable specification, differential-tested against it); this module decides w
 Payloads larger than ``max_chunk`` go out as several messages with
 ``Flag.MORE`` on all but the last; a full ring or arena is back-pressure: ``*_nowait`` raises
 WouldBlock, the blocking calls wait.
+A worker's whole small response goes out in one call, ``send_response_nowait``: head and body
+written, both slots filled, then one release store of the ring head (all or nothing).
 
 *Receiving* acquire-loads the peer's head, copies the slot once, validates it (kind, flags,
 reserved bits, arena placement -- see PROTOCOL.md "Validation") and hands out a ``Message``
@@ -47,7 +49,7 @@ import contextlib
 import os
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -74,6 +76,9 @@ WANT_DATA: Final = 4  # sleep word bit: wake me when a message is published
 WANT_SPACE: Final = 8  # sleep word bit: wake me when ring slots or arena space come back
 _EPOCH: Final = 16  # sleep word increment per sleep
 _KINDS_MASK: Final = sum(1 << k for k in KINDS)
+_RESPONSE_HEAD: Final = int(Kind.RESPONSE_HEAD)
+_RESPONSE_BODY: Final = int(Kind.RESPONSE_BODY)
+_END: Final = int(Flag.END)
 
 _native.set_broken_error(PeerBrokenError)
 
@@ -90,9 +95,23 @@ def encode_request_head(head: RequestHead) -> bytes:
 
 def decode_request_head(buf: bytes | memoryview) -> RequestHead:
     """``zeus.core.codec.decode_request_head`` with the parsing in C (the worker side)."""
-    method, target, headers, version, https, chost, cport, shost, sport = (
-        _native.decode_request_head(buf)
-    )
+    return request_head(_native.decode_request_head(buf))
+
+
+RequestFields = tuple[bytes, bytes, Headers, bytes, bool, str, int, str, int]
+"""A decoded request head as the extension returns it: method, target, headers, version,
+https, client host ('' if none), client port, server host ('' if none), server port."""
+
+
+def decode_request_fields(buf: bytes | memoryview) -> RequestFields:
+    """``decode_request_head`` without building the ``RequestHead``: the worker reads the
+    fields it needs from the tuple and builds the record only if the handler asks for it."""
+    return _native.decode_request_head(buf)
+
+
+def request_head(fields: RequestFields) -> RequestHead:
+    """The ``RequestHead`` of fields from ``decode_request_fields``."""
+    method, target, headers, version, https, chost, cport, shost, sport = fields
     return RequestHead(
         method=method, target=target, headers=headers, http_version=version,
         scheme="https" if https else "http",
@@ -104,6 +123,15 @@ def decode_request_head(buf: bytes | memoryview) -> RequestHead:
 def encode_response_head(status: int, headers: Headers) -> bytes:
     """``zeus.core.codec.encode_response_head`` in one native call (the worker side)."""
     return _native.encode_response_head(status, headers)
+
+
+def response_headers(headers: Iterable[tuple[object, object]], *, str_only: bool = False
+                     ) -> Headers:
+    """Response headers as the worker sends them, in one native call: names lower-cased,
+    str encoded as latin-1.  ValueError for a name that is not a token or a value holding CR,
+    LF or NUL: what the front would take for a protocol violation becomes the handler's error
+    (a 500).  ``str_only``: names and values must be str (PEP 3333), else TypeError."""
+    return _native.response_headers(headers, str_only)
 
 
 def decode_response_head(buf: bytes | memoryview) -> ResponseHead:
@@ -274,6 +302,24 @@ class Channel:
                 return
             pos += step
 
+    def send_response_nowait(self, msg_id: int, status: int, headers: Headers,
+                             body: bytes | memoryview, add_length: bool) -> bool:
+        """Worker: publish a whole response at once -- the head (``Flag.END`` if ``body`` is
+        empty), then ``body`` with ``Flag.END`` -- or nothing and False if it does not fit now
+        (the ring or the arena is full, or ``body`` is over ``max_chunk``).
+
+        The head is encoded straight into the arena (``encode_response_head``'s layout), with
+        ``content-length: len(body)`` appended if ``add_length`` and no header has that name;
+        ``headers`` are ``response_headers``' output.  One release store publishes both
+        messages, and the peer is woken at most once: the hello-world path in one call.
+        """
+        if self._closed:
+            raise ClosedResourceError("channel is closed")
+        if (body.nbytes if isinstance(body, memoryview) else len(body)) > self.max_chunk:
+            return False
+        return _native.send_response(self._ep, msg_id, _RESPONSE_HEAD, _RESPONSE_BODY, _END,
+                                     status, headers, body, add_length)
+
     def reserve_nowait(self, n: int) -> Reservation:
         """Reserve ``n`` bytes of arena to fill in place, or raise WouldBlock.
 
@@ -434,6 +480,18 @@ class Channel:
     def finish_sleep(self) -> None:
         """Announce that this side is awake again."""
         self._m.store_u32(self._sleep_word, self._epoch)
+
+    def defer_wakes(self) -> None:
+        """From now on, sending does not wake a sleeping peer: ``flush_wakes`` does, once
+        per batch.  For an event loop that sends many messages per turn (the front): a peer
+        woken by the first would often take it and sleep again before the next, one wake per
+        message, each a cross-CPU wake-up."""
+        self._ep.defer_wakes(True)
+
+    def flush_wakes(self) -> None:
+        """Wake the peer if it sleeps and messages were sent since the last flush."""
+        if not self._closed:
+            self._ep.flush_wakes()
 
     # ---------------------------------------------------------------- liveness
 

@@ -415,6 +415,29 @@ def test_a_sleeper_is_woken_once_per_announcement(pair: Pair) -> None:
     assert pair.front.statistics().wakes_sent == 2
 
 
+def test_deferred_wakes_wake_a_sleeper_once_per_flush(pair: Pair) -> None:
+    """With defer_wakes, messages published to a sleeper do not wake it; flush_wakes does,
+    once for the batch; a flush with nothing published, or to a peer awake, wakes nobody."""
+    memory = pair.worker_region.memory
+    pair.front.defer_wakes()
+    seq = announce_sleep(pair.worker, WANT_DATA)
+    for i in range(3):
+        pair.front.send_nowait(i, b"x")
+    assert memory.load_u32(Word.WORKER_WAKE) == seq  # not yet
+    assert pair.front.statistics().wakes_sent == 0
+    pair.front.flush_wakes()
+    assert memory.load_u32(Word.WORKER_WAKE) == seq + 1
+    pair.front.flush_wakes()  # nothing new published
+    assert pair.front.statistics().wakes_sent == 1
+    pair.worker.finish_sleep()
+    for _ in range(3):
+        pair.worker.recv_nowait().release()
+    pair.front.send_nowait(3, b"x")  # published to a peer awake
+    pair.front.flush_wakes()
+    assert pair.front.statistics().wakes_sent == 1
+    pair.worker.recv_nowait().release()
+
+
 def in_futex_wait(native_id: int, address: int) -> bool:
     """Whether thread ``native_id`` of this process sleeps in a futex call on ``address``."""
     try:

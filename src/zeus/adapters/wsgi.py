@@ -21,7 +21,7 @@ Streaming").  Two shortcuts save messages without changing what the client sees:
 
 * a body known to be complete in its first chunk (a one-element list, or a first chunk that
   reaches the application's Content-Length) goes back as a ``Response``: head, then body with
-  END, two messages;
+  END, two messages published at once by the worker;
 * a ``FileWrapper`` around a file with ``readinto`` is read straight into reserved arena space
   (``ResponseWriter.reserve``/``commit``): the file's bytes are copied once, by the kernel.
 
@@ -29,6 +29,11 @@ Anything else streams: one message per chunk, then an empty END.  The response s
 application's Content-Length, as PEP 3333 asks ("Handling the Content-Length Header").
 ``close()`` of the application's iterable is always called; if it fails after the response was
 complete, the error is logged (the response has already gone and must not be aborted).
+
+*Per request*, the environ starts from a copy of its constant entries, and status lines and
+header names seen before are looked up in small bounded caches rather than parsed again;
+``start_response`` checks the headers in one native call (``zeus.channel.response_headers``)
+and the worker does not check them a second time.
 
 *Errors.*  An exception before the head was sent propagates: the worker answers 500.  After,
 it propagates too: the worker sends CANCEL so the front can abort the client's response.
@@ -47,8 +52,9 @@ from types import TracebackType
 from typing import IO, Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
+from zeus.channel import response_headers
 from zeus.core.codec import Headers
-from zeus.worker import BodyStream, ClientDisconnected, Request, Response, ResponseWriter
+from zeus.worker import ClientDisconnected, Request, Response, ResponseWriter
 
 log = logging.getLogger("zeus.wsgi")
 
@@ -67,11 +73,22 @@ class StartResponse(Protocol):
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 FILE_BLOCK: Final = 1 << 20  # bytes read straight into the arena per FileWrapper chunk
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 _STATUS: Final = re.compile(r"([1-9][0-9]{2}) [^\r\n\x00]*\Z")
+# Per-request work an application repeats with the same few values: status lines and header
+# names seen before are looked up, not parsed again.  Bounded: past the limit, no new entries
+# (a client choosing header names cannot grow them without end).
+_CACHE_LIMIT: Final = 512
+_STATUS_CODES: dict[str, int] = {}
+# Request header name -> its environ key; None: a name with "_", left out (module docstring).
+_ENV_KEYS: dict[bytes, str | None] = {
+    b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH",
+}
+_PROTOCOLS: dict[bytes, str] = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 _NEWLINE: Final = re.compile(b"\n")
 _EMPTY: Final = memoryview(b"")
+# Tuples, not ``X | Y`` unions: a union is built anew at every isinstance call.
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+_SEQUENCES: Final = (list, tuple)
 
 
 class WSGIInput:
@@ -81,8 +98,9 @@ class WSGIInput:
     released as soon as it has been consumed.
     """
 
-    def __init__(self, stream: BodyStream) -> None:
-        self._chunks = stream.chunks()
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._chunks: Iterator[memoryview] | None = None  # request.stream.chunks(), on demand
         self._view = _EMPTY  # the current chunk (a view into the arena)
         self._pos = 0  # bytes of it already consumed
         self._eof = False
@@ -93,6 +111,8 @@ class WSGIInput:
             if self._eof:
                 return False
             self._view = _EMPTY
+            if self._chunks is None:
+                self._chunks = self._request.stream.chunks()
             try:
                 self._view = next(self._chunks)  # releases the previous chunk
             except StopIteration:
@@ -213,6 +233,8 @@ class FileWrapper:
 class _Call:
     """One request's response side: start_response, write(), and the body pump."""
 
+    __slots__ = ("done", "headers", "left", "request", "status", "writer")
+
     def __init__(self, request: Request) -> None:
         self.request = request
         self.status: int | None = None
@@ -236,30 +258,28 @@ class _Call:
             raise RuntimeError("start_response called a second time without exc_info")
         if not isinstance(status, str):
             raise TypeError(f"status must be a str, not {type(status).__name__}")
-        m = _STATUS.match(status)
-        if m is None:
-            raise ValueError(f"invalid status line {status!r}")
-        encoded: Headers = []
+        code = _STATUS_CODES.get(status)
+        if code is None:
+            m = _STATUS.match(status)
+            if m is None:
+                raise ValueError(f"invalid status line {status!r}")
+            code = int(m.group(1))
+            if len(_STATUS_CODES) < _CACHE_LIMIT:
+                _STATUS_CODES[status] = code
+        # str only, names lower-cased, what the front would refuse refused: one native call.
+        encoded = response_headers(headers, str_only=True)
         left = None
-        for name, value in headers:
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"header {name!r}: name and value must be str")
-            if not _TOKEN.match(name):
-                raise ValueError(f"invalid header name {name!r}")
-            if _BAD_VALUE.search(value):
-                raise ValueError(f"header {name!r}: CR, LF or NUL in the value")
-            lname = name.lower()
-            if lname == "content-length" and value.strip().isdigit():
+        for name, value in encoded:
+            if name == b"content-length" and value.strip().isdigit():
                 left = int(value)
-            encoded.append((lname.encode("latin-1"), value.encode("latin-1")))
-        self.status = int(m.group(1))
+        self.status = code
         self.headers = encoded
         self.left = left
         return self.write
 
     def write(self, data: bytes) -> None:
         """The ``write()`` callable: send ``data`` now (the head first if need be)."""
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
         if self.writer is None:
             self._start()
@@ -273,7 +293,7 @@ class _Call:
             if hasattr(result.filelike, "readinto"):
                 self._send_file(result)
                 return None
-        elif self.writer is None and isinstance(result, list | tuple) and len(result) == 1:
+        elif self.writer is None and isinstance(result, _SEQUENCES) and len(result) == 1:
             self._check_chunk(result[0])
             return self._whole(result[0])
         for chunk in result:
@@ -294,7 +314,7 @@ class _Call:
 
     @staticmethod
     def _check_chunk(chunk: object) -> None:
-        if not isinstance(chunk, bytes | bytearray | memoryview):
+        if not isinstance(chunk, _BYTES_LIKE):
             raise TypeError(f"the application yielded {type(chunk).__name__}, not bytes")
 
     def _whole(self, body: bytes | bytearray | memoryview) -> Response:
@@ -306,7 +326,8 @@ class _Call:
         if self.left is not None:
             body = body[: self.left]
         self.done = True
-        return Response(self.status, self.headers, bytes(body) if isinstance(
+        # status and headers were checked by start_response
+        return Response._checked(self.status, self.headers, bytes(body) if isinstance(
             body, bytearray) else body)
 
     def _start(self) -> None:
@@ -362,7 +383,7 @@ class WSGIHandler:
 
     def __call__(self, request: Request) -> Response | None:
         call = _Call(request)
-        body = WSGIInput(request.stream)
+        body = WSGIInput(request)
         try:
             result = self.app(environ(request, body), call.start_response)
             try:
@@ -390,51 +411,69 @@ def _close(close: Callable[[], object], call: _Call, request: Request) -> None:
                   request.path, traceback.format_exc().rstrip())
 
 
+# The environ entries every request has, whatever it is: copied, then completed.
+_ENV_BASE: Final[dict[str, Any]] = {
+    "SCRIPT_NAME": "",
+    "wsgi.version": (1, 0),
+    "wsgi.input_terminated": True,
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+    "wsgi.file_wrapper": FileWrapper,
+}
+
+
+def _env_key(name: bytes) -> str | None:
+    """The environ key of request header ``name`` (lower-case bytes); None to leave it out."""
+    key = _ENV_KEYS.get(name, "")
+    if key == "":
+        key = None if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_ENV_KEYS) < _CACHE_LIMIT:
+            _ENV_KEYS[name] = key
+    return key
+
+
 def environ(request: Request, body: WSGIInput) -> dict[str, Any]:
     """The PEP 3333 environ of ``request``, with ``body`` as ``wsgi.input``."""
-    head = request.head
-    env: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": unquote_to_bytes(head.path).decode("latin-1"),
-        "QUERY_STRING": request.query,
-        "RAW_URI": head.target.decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/" + head.http_version.decode("latin-1"),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": head.scheme,
-        "wsgi.input": body,
-        "wsgi.input_terminated": True,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "wsgi.file_wrapper": FileWrapper,
-    }
+    _, target, headers, version, https, chost, cport, shost, sport = request._fields
+    path = request.path
+    scheme = "https" if https else "http"
+    env = _ENV_BASE.copy()
+    env["REQUEST_METHOD"] = request.method
+    if "%" in path:  # the raw bytes, unquoted, then latin-1 (PEP 3333's "bytes as str")
+        path = unquote_to_bytes(target.partition(b"?")[0]).decode("latin-1")
+    env["PATH_INFO"] = path
+    env["QUERY_STRING"] = request.query
+    env["RAW_URI"] = target.decode("latin-1")
+    env["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version.decode("latin-1")
+    env["wsgi.url_scheme"] = scheme
+    env["wsgi.input"] = body
+    env["wsgi.errors"] = sys.stderr
     host: str | None = None
-    for name, value in head.headers:
-        if name == b"content-type":
-            env["CONTENT_TYPE"] = value.decode("latin-1")
-            continue
-        if name == b"content-length":
-            env["CONTENT_LENGTH"] = value.decode("latin-1")
-            continue
-        if b"_" in name:
+    keys = _ENV_KEYS
+    for name, value in headers:
+        key = keys.get(name, "")
+        if key == "":
+            key = _env_key(name)
+        if key is None:
             continue  # see the module docstring
-        if name == b"host" and host is None:
-            host = value.decode("latin-1")
-        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         text = value.decode("latin-1")
         if key in env:
+            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                env[key] = text  # the last one (the front refuses differing lengths)
+                continue
             text = env[key] + ("; " if key == "HTTP_COOKIE" else ", ") + text
+        elif key == "HTTP_HOST":
+            host = text
         env[key] = text
-    if head.server is not None:
-        env["SERVER_NAME"], port = head.server
-        env["SERVER_PORT"] = str(port)
+    if shost:
+        env["SERVER_NAME"] = shost
+        env["SERVER_PORT"] = str(sport)
     else:
-        env["SERVER_NAME"], env["SERVER_PORT"] = _split_host(host, head.scheme)
-    if head.client is not None:
-        env["REMOTE_ADDR"], port = head.client
-        env["REMOTE_PORT"] = str(port)
+        env["SERVER_NAME"], env["SERVER_PORT"] = _split_host(host, scheme)
+    if chost:
+        env["REMOTE_ADDR"] = chost
+        env["REMOTE_PORT"] = str(cport)
     return env
 
 

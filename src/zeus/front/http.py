@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from zeus.core.codec import RequestHead
+from zeus.channel import Message
+from zeus.core.codec import RequestHead, ResponseHead
 from zeus.errors import ZeusError
 from zeus.front.limits import HttpLimits
-from zeus.pool import Overloaded, RequestTimeout, WorkerLost
+from zeus.pool import Exchange, Overloaded, RequestTimeout
 
 if TYPE_CHECKING:
     from zeus.front.server import FrontServer
@@ -117,6 +118,29 @@ class _Request:
             self.waiter.set_result(None)
 
 
+class _Answer:
+    """The state of the response being written for the request at the head of the queue."""
+
+    __slots__ = ("chunked", "cut", "ex", "forward", "keep", "length", "no_body", "offset",
+                 "pending", "req", "resp", "sent", "started")
+
+    def __init__(self, req: _Request, ex: Exchange, started: float,
+                 forward: asyncio.Task[None] | None) -> None:
+        self.req = req
+        self.ex = ex
+        self.started = started
+        self.forward = forward  # the task streaming the request body, if any
+        self.resp: ResponseHead | None = None  # set once the head came (see _begin)
+        self.keep = False
+        self.length: int | None = None  # the application's Content-Length
+        self.no_body = False
+        self.chunked = False
+        self.pending: bytes | None = None  # the framed head, until the first body bytes
+        self.sent = 0  # body bytes written
+        self.offset = 0  # written of the chunk being written (see _feed)
+        self.cut = 0  # bytes of that chunk to write (less if past the Content-Length)
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
@@ -129,7 +153,8 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: _Request | None = None
         self.queue: deque[_Request] = deque()
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # submitting a streamed request
+        self.answer: _Answer | None = None  # the response being written
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # when ``timer`` fires (loop time)
         self.deadline = 0.0  # when ``on_deadline`` is due (loop time)
@@ -137,7 +162,6 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.reading_paused = False
         self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
         self.exchange_cancel: Callable[[], None] | None = None
@@ -172,10 +196,12 @@ class HttpProtocol(asyncio.Protocol):
             self.exchange_cancel = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.answer is not None:
+            if self.answer.forward is not None:
+                self.answer.forward.cancel()
+            self.answer = None
         for req in self.queue:
             req.wake()
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -183,8 +209,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
+        if self.answer is not None:
+            self._on_exchange()  # the arena chunks left waiting for the client
 
     def eof_received(self) -> bool | None:
         """The client half-closed: answer the complete requests, then close."""
@@ -347,94 +373,123 @@ class HttpProtocol(asyncio.Protocol):
         req.wake()
 
     # ------------------------------------------------------------- serving
+    #
+    # The request at the head of ``queue`` is being answered.  A request whose body is known
+    # up front (none, or received whole) goes to the pool with ``Pool.dispatch``: no task, no
+    # future; the pool calls ``_on_exchange`` back at the end of each batch of ring messages,
+    # and the response is written from there.  Only a body still streaming in needs a task
+    # (``_stream``), until its exchange exists; then it is answered the same way.
 
     def _start_next(self) -> None:
         if self.closing or not self.queue:
             return
-        self.task = self.loop.create_task(self._serve(self.queue[0]))
-
-    async def _serve(self, req: _Request) -> None:
-        keep = False
-        self.response_started = False
+        req = self.queue[0]
         try:
-            keep = await self._answer(req)
+            health = self.server.health
+            if health.on_app_bind:  # --health-path / --ready-path: the front answers
+                probed = health.answer(self.transport, req.method, req.url, req.keep_alive)
+                if probed is not None:
+                    self._done(req, probed)
+                    return
+            head = RequestHead(
+                method=req.method,
+                target=bytes(req.url),
+                headers=req.headers,
+                http_version=req.version.encode(),
+                scheme="http",
+                client=self.client,
+                server=self.local,
+            )
+            if (req.has_te or req.content_length) and not (
+                req.complete and req.body_bytes <= 1 << 20
+            ):
+                self.task = self.loop.create_task(self._stream(req, head))
+                return
+            # The pieces go into the arena as they came off the socket (no 1 MiB join); a
+            # body in many small pieces (tiny chunks) is joined: one message each would cost
+            # more than the copy.
+            pieces = req.body
+            body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
+            pieces.clear()
+            started = time.monotonic()
+            try:
+                ex = self.pool.dispatch(head, body, self._on_exchange)
+            except Overloaded as exc:
+                self._log_access(req, 503, self._write_error(503, str(exc),
+                                                             close=not req.complete))
+                self._done(req, self._finish_unread(req, None))
+                return
+            self._attach(req, ex, started, None)
+        except Exception:
+            self._internal_error(req)
+
+    async def _stream(self, req: _Request, head: RequestHead) -> None:
+        """Submit a request whose body is still arriving, and forward the body as it comes."""
+        started = time.monotonic()
+        try:
+            ex = await self.pool.submit(head, streaming=True)
+            if req.expect_continue and not req.body_bytes and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            forward = self.loop.create_task(self._forward_body(req, ex.send_body))
         except asyncio.CancelledError:
             return
+        except ZeusError as exc:
+            self._done(req, self._failed(req, exc, None))
+            return
         except Exception:
-            log.exception("internal error answering %s", req.method.decode("latin-1"))
-            self._write_error(500, close=True)
-            keep = False
-        finally:
-            self.exchange_cancel = None
+            self._internal_error(req)
+            return
         if self.closing:
+            forward.cancel()
+            ex.cancel()
             return
-        self.requests += 1
-        if self.queue and self.queue[0] is req:
-            self.queue.popleft()
-        if not keep or not req.complete or self.server.draining or (self.eof and not self.queue):
-            self._close()
-            return
-        self._resume_reading()
-        if self.queue:
-            if not self.queue[0].complete:
-                # A pipelined request whose body is still coming is now the one the body
-                # timeout watches (on_headers_complete armed it only for the first).
-                self._arm(self.limits.body_timeout, self._body_timeout)
-            self._start_next()
-        elif self.parsing is not None:
-            self._arm(self.limits.header_timeout, self._header_timeout)
-        else:
-            self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+        self._attach(req, ex, started, forward)
 
-    async def _answer(self, req: _Request) -> bool:
-        """Answer one request; return whether the connection may carry another."""
-        health = self.server.health
-        if health.on_app_bind:  # --health-path / --ready-path: the front answers, no worker
-            probed = health.answer(self.transport, req.method, req.url, req.keep_alive)
-            if probed is not None:
-                return probed
-        head = RequestHead(
-            method=req.method,
-            target=bytes(req.url),
-            headers=req.headers,
-            http_version=req.version.encode(),
-            scheme="http",
-            client=self.client,
-            server=self.local,
-        )
-        expects_body = req.has_te or bool(req.content_length)
-        started = time.monotonic()
-        forward: asyncio.Task[None] | None = None
+    def _attach(self, req: _Request, ex: Exchange, started: float,
+                forward: asyncio.Task[None] | None) -> None:
+        self.exchange_cancel = ex.cancel
+        self.answer = _Answer(req, ex, started, forward)
+        ex.notify = self._on_exchange
+        if ex.touched or ex.finished or ex._error is not None or ex._head.done():
+            self._on_exchange()  # news that came before we listened
+
+    def _on_exchange(self) -> None:
+        """The pool has news of the request being answered: write what can be written."""
+        a = self.answer
+        if a is None or self.closing:
+            return
+        ex = a.ex
         try:
-            if not expects_body or (req.complete and req.body_bytes <= 1 << 20):
-                # The pieces go into the arena as they came off the socket (no 1 MiB join);
-                # a body in many small pieces (tiny chunks) is joined: one message each
-                # would cost more than the copy.
-                pieces = req.body
-                body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
-                pieces.clear()
-                ex = await self.pool.submit(head, body)
-            else:
-                ex = await self.pool.submit(head, streaming=True)
-                if req.expect_continue and not req.body_bytes and self.transport is not None:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                forward = self.loop.create_task(self._forward_body(req, ex.send_body))
-            self.exchange_cancel = ex.cancel
-            resp = await ex.response()
-        except Overloaded as exc:
-            self._log_access(req, 503, self._write_error(503, str(exc), close=False))
-            return self._finish_unread(req, forward)
-        except RequestTimeout:
-            self._log_access(req, 504, self._write_error(
-                504, "the application did not answer in time", close=False))
-            return self._finish_unread(req, forward)
-        except (WorkerLost, ZeusError) as exc:
-            log.warning("502 for %s %s: %s", req.method.decode("latin-1"),
-                        bytes(req.url[:200]).decode("latin-1"), exc)
-            self._log_access(req, 502, self._write_error(
-                502, "the worker handling this request was lost", close=False))
-            return self._finish_unread(req, forward)
-        keep = req.keep_alive and not self.server.draining
+            if a.resp is None:
+                if ex._error is not None:
+                    self._end(a, self._failed(a.req, ex._error, a.forward))
+                    return
+                if not ex._head.done():
+                    return
+                self._begin(a, ex._head.result())
+            chunks = ex._chunks
+            # A paused transport (slow client) leaves the rest in the arena: the worker
+            # waits for space, and resume_writing brings us back here.
+            while chunks and not self.write_paused:
+                chunk = chunks[0]
+                if self._feed(a, chunk):
+                    chunks.popleft()
+                    chunk.release()  # safe: _send never leaves arena bytes queued
+                if self.closing:
+                    return  # aborted: the exchange was cancelled, its chunks released
+            if ex._error is not None:
+                self._end(a, self._lost_midway(a, ex._error))
+            elif ex.finished and not chunks:
+                self._end(a, self._complete(a))
+        except Exception:
+            self._internal_error(a.req)
+
+    def _begin(self, a: _Answer, resp: ResponseHead) -> None:
+        """The response head: what the worker sent, framed and checked for the client."""
+        req = a.req
+        # A response that comes before the request's body is all in (the application did not
+        # wait for it) announces the close: the rest of the body will not be read.
+        keep = req.keep_alive and req.complete and not self.server.draining
         status = resp.status
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
         length: int | None = None
@@ -469,92 +524,157 @@ class HttpProtocol(asyncio.Protocol):
         if not has_date:
             out.append(self.server.date_header)
         out.append(b"connection: keep-alive\r\n\r\n" if keep else b"connection: close\r\n\r\n")
-        transport = self.transport
-        assert transport is not None
-        pending: bytes | None = b"".join(out)  # the head goes out with the first body bytes
+        a.resp = resp
+        a.keep = keep
+        a.length = length
+        a.no_body = no_body
+        a.chunked = chunked
+        a.pending = b"".join(out)  # the head goes out with the first body bytes
         self.response_started = True
-        sent = 0
-        try:
-            while True:
-                chunk = await ex.next_chunk()
-                if chunk is None:
-                    break
-                try:
-                    data = chunk.data
-                    n = data.nbytes
-                    if no_body:
-                        continue
-                    if length is not None and sent + n > length:
-                        keep = False  # the application sent more than it announced
-                        data = data[: length - sent]
-                        n = data.nbytes
-                    await self._write(pending, data, chunked)
-                    pending = None
-                    sent += n
-                finally:
-                    chunk.release()  # safe: _write never leaves arena bytes queued
-        except (WorkerLost, ZeusError) as exc:
-            if pending is not None and not no_body:
-                # Nothing of the response has left (the head waits for the first body bytes):
-                # the client still gets a clean 502, and keeps its connection.
-                log.warning("502 for %s %s (lost before its body): %s",
-                            req.method.decode("latin-1"), bytes(req.url[:200]).decode("latin-1"),
-                            exc)
-                self._log_access(req, 502, self._write_error(
-                    502, "the worker handling this request was lost", close=False))
-                return self._finish_unread(req, forward)
-            log.warning("response to %s %s cut short: %s", req.method.decode("latin-1"),
-                        bytes(req.url[:200]).decode("latin-1"), exc)
-            self._abort()
-            return False
-        tail = b"0\r\n\r\n" if chunked else b""
-        if pending is not None or tail:
-            transport.write((pending or b"") + tail)
-        if not chunked and length is not None and sent < length and not no_body:
+
+    def _feed(self, a: _Answer, chunk: Message) -> bool:
+        """Write the next piece of a body chunk straight from the arena (with the head, if
+        still pending); True once the whole chunk is written.
+
+        At most ``_WRITE_PIECE`` bytes per call: a slow client pauses us between pieces, so
+        the transport never holds more than a piece beyond its high-water mark."""
+        if a.no_body:
+            return True
+        data = chunk.data
+        start = a.offset
+        if start == 0:
+            n = data.nbytes
+            if a.length is not None and a.sent + n > a.length:
+                a.keep = False  # the application sent more than it announced
+                n = a.length - a.sent
+            a.cut = n
+        end = min(start + _WRITE_PIECE, a.cut)
+        parts: list[bytes | memoryview] = []
+        if a.pending is not None:
+            parts.append(a.pending)
+            a.pending = None
+        if a.chunked and start == 0:
+            parts.append(b"%x\r\n" % a.cut)
+        parts.append(data[start:end])
+        if a.chunked and end >= a.cut:
+            parts.append(b"\r\n")
+        self._send(parts)
+        a.sent += end - start
+        if end >= a.cut:
+            a.offset = 0
+            return True
+        a.offset = end
+        return False
+
+    def _complete(self, a: _Answer) -> bool:
+        """The worker ended the response: finish it; return whether to keep the connection."""
+        keep = a.keep
+        tail = b"0\r\n\r\n" if a.chunked else b""
+        if (a.pending is not None or tail) and self.transport is not None:
+            self.transport.write((a.pending or b"") + tail)
+        if not a.chunked and a.length is not None and a.sent < a.length and not a.no_body:
             keep = False  # announced more than it sent: the client would wait forever
             self._abort()
-        if forward is not None and not forward.done():
-            forward.cancel()
-            keep = False
-        self._access(req, status, sent, started, resp.headers)
+        if a.forward is not None and not a.forward.done():
+            # The worker answered without the rest of the body.  All received: only the
+            # forwarding lags, the connection stays (as announced); else it closes (as
+            # announced by _begin).
+            a.forward.cancel()
+            keep = keep and a.req.complete
+        assert a.resp is not None
+        self._access(a.req, a.resp.status, a.sent, a.started, a.resp.headers)
         return keep
 
-    async def _write(self, head: bytes | None, data: memoryview, chunked: bool) -> None:
-        """Write arena bytes to the socket, in pieces, waiting while the client is slow.
+    def _lost_midway(self, a: _Answer, exc: BaseException) -> bool:
+        """The exchange failed after the response head came."""
+        req = a.req
+        if a.pending is not None and not a.no_body:
+            # Nothing of the response has left (the head waits for the first body bytes):
+            # the client still gets a clean 502, and keeps its connection.
+            log.warning("502 for %s %s (lost before its body): %s", req.method.decode("latin-1"),
+                        bytes(req.url[:200]).decode("latin-1"), exc)
+            self._log_access(req, 502, self._write_error(
+                502, "the worker handling this request was lost", close=not req.complete))
+            return self._finish_unread(req, a.forward)
+        log.warning("response to %s %s cut short: %s", req.method.decode("latin-1"),
+                    bytes(req.url[:200]).decode("latin-1"), exc)
+        if a.forward is not None:
+            a.forward.cancel()
+        self._abort()
+        return False
+
+    def _failed(self, req: _Request, exc: BaseException,
+                forward: asyncio.Task[None] | None) -> bool:
+        """The exchange failed before any response: answer 503, 504 or 502 ourselves.
+
+        The connection stays only if the request's body is all in (announced either way)."""
+        close = not req.complete
+        if isinstance(exc, Overloaded):
+            self._log_access(req, 503, self._write_error(503, str(exc), close=close))
+        elif isinstance(exc, RequestTimeout):
+            self._log_access(req, 504, self._write_error(
+                504, "the application did not answer in time", close=close))
+        else:
+            log.warning("502 for %s %s: %s", req.method.decode("latin-1"),
+                        bytes(req.url[:200]).decode("latin-1"), exc)
+            self._log_access(req, 502, self._write_error(
+                502, "the worker handling this request was lost", close=close))
+        return self._finish_unread(req, forward)
+
+    def _internal_error(self, req: _Request) -> None:
+        """A bug of ours while answering ``req``: log it, answer 500 and close."""
+        log.exception("internal error answering %s", req.method.decode("latin-1"))
+        if self.exchange_cancel is not None:
+            self.exchange_cancel()
+            self.exchange_cancel = None
+        if self.answer is not None and self.answer.forward is not None:
+            self.answer.forward.cancel()
+        self.answer = None
+        if not self.response_started:
+            self._write_error(500, close=True)
+        self._close()
+
+    def _end(self, a: _Answer, keep: bool) -> None:
+        if self.answer is a:
+            self.answer = None
+            self.exchange_cancel = None
+        self._done(a.req, keep)
+
+    def _done(self, req: _Request, keep: bool) -> None:
+        """``req`` is answered: keep the connection for the next one, or close it."""
+        self.response_started = False
+        if self.closing:
+            return
+        self.requests += 1
+        if self.queue and self.queue[0] is req:
+            self.queue.popleft()
+        if not keep or not req.complete or self.server.draining or (self.eof and not self.queue):
+            self._close()
+            return
+        self._resume_reading()
+        if self.queue:
+            if not self.queue[0].complete:
+                # A pipelined request whose body is still coming is now the one the body
+                # timeout watches (on_headers_complete armed it only for the first).
+                self._arm(self.limits.body_timeout, self._body_timeout)
+            self._start_next()
+        elif self.parsing is not None:
+            self._arm(self.limits.header_timeout, self._header_timeout)
+        else:
+            self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def _send(self, parts: list[bytes | memoryview]) -> None:
+        """Send now what the socket takes; hand an owned copy of the rest to the transport.
 
         The bytes go out with ``writev`` straight from shared memory whenever the transport
         has nothing queued; only a tail the socket did not take is copied into the
         transport's buffer.  So no reference into the arena outlives this call, and the
         caller may release the chunk at once (the transport would otherwise keep a view of
-        bytes the worker may overwrite).
+        bytes the worker may overwrite).  A socket error aborts the connection.
         """
-        n = data.nbytes
-        pos = 0
-        first = True
-        while pos < n:
-            if self.closing:
-                raise asyncio.CancelledError
-            piece = data[pos : pos + _WRITE_PIECE]
-            parts: list[bytes | memoryview] = []
-            if first and head is not None:
-                parts.append(head)
-            if first and chunked:
-                parts.append(b"%x\r\n" % n)
-            parts.append(piece)
-            pos += _WRITE_PIECE
-            if pos >= n and chunked:
-                parts.append(b"\r\n")
-            first = False
-            self._send(parts)
-            if self.write_paused:
-                self.drain_waiter = self.loop.create_future()
-                await self.drain_waiter
-                self.drain_waiter = None
-
-    def _send(self, parts: list[bytes | memoryview]) -> None:
-        """Send now what the socket takes; hand an owned copy of the rest to the transport."""
         transport = self.transport
-        assert transport is not None
+        if transport is None or self.closing:
+            return
         sent = 0
         if self.fd >= 0 and transport.get_write_buffer_size() == 0:
             try:
@@ -563,7 +683,7 @@ class HttpProtocol(asyncio.Protocol):
                 sent = 0
             except OSError:
                 self._abort()
-                raise asyncio.CancelledError from None
+                return
         rest: list[bytes] = []
         for part in parts:
             size = len(part) if isinstance(part, bytes) else part.nbytes
@@ -580,9 +700,9 @@ class HttpProtocol(asyncio.Protocol):
     ) -> None:
         """Stream the request body to the worker as it arrives from the client.
 
-        Stops quietly if the exchange ends first (cancelled, timed out, worker lost):
-        ``_answer`` reports that; an exception left in this task would only be logged as
-        never retrieved.
+        Stops quietly if the exchange ends first (cancelled, timed out, worker lost): the
+        answer reports that; an exception left in this task would only be logged as never
+        retrieved.
         """
         try:
             while True:
@@ -641,7 +761,7 @@ class HttpProtocol(asyncio.Protocol):
         self.rejected = None
         if self.closing:
             return
-        if self.task is None or self.task.done():
+        if self.answer is None and (self.task is None or self.task.done()):
             self._write_error(status, detail, close=True)
             self._close()
         elif not self.queue[0].complete:
@@ -663,6 +783,10 @@ class HttpProtocol(asyncio.Protocol):
             self.exchange_cancel = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.answer is not None:
+            if self.answer.forward is not None:
+                self.answer.forward.cancel()
+            self.answer = None
         if not self.response_started:
             self._write_error(status, detail or "request body incomplete", close=True)
         self._close()

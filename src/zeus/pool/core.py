@@ -88,7 +88,11 @@ class Pool:
         self._workers: list[WorkerHandle] = []
         self._balancer = Balancer(config.balance)
         self._prefetch_balancer = Balancer(Balance.LEAST_CONN)  # shortest queue
-        self._queue: deque[tuple[Exchange, asyncio.Future[WorkerHandle]]] = deque()
+        # Waiting requests: an awaiting ``submit`` (its future) or a callback-mode ``start``
+        # (None: it is sent from ``_dispatch_queue`` itself).
+        self._queue: deque[tuple[Exchange, asyncio.Future[WorkerHandle] | None]] = deque()
+        self._touched: list[Exchange] = []  # callback-mode exchanges with news (see _touch)
+        self._flush_soon: asyncio.Handle | None = None
         self._queue_timer: asyncio.TimerHandle | None = None  # see _expire_queue
         self._views: tuple[list[_BalancerView], list[_BalancerView]] | None = None
         self._rng = random.Random()
@@ -161,8 +165,10 @@ class Pool:
         self._stopping = True
         timeout = self.config.graceful_timeout if timeout is None else timeout
         while self._queue:
-            _, fut = self._queue.popleft()
-            if not fut.done():
+            ex, fut = self._queue.popleft()
+            if fut is None:
+                ex._fail(Overloaded("server is shutting down"))
+            elif not fut.done():
                 fut.set_exception(Overloaded("server is shutting down"))
         deadline = time.monotonic() + timeout
         if graceful:
@@ -252,6 +258,82 @@ class Pool:
         await self._send_request(ex, worker, streaming)
         return ex
 
+    def dispatch(self, head: RequestHead, body: Sequence[bytes], notify: Callable[[], None]
+              ) -> Exchange:
+        """Hand a complete request to a worker without waiting: the callback API.
+
+        The request goes to a worker now, or waits in the queue.  Instead of awaiting
+        ``response()`` and ``next_chunk()``, the caller is called back (``notify``, no
+        arguments) once per batch of news -- at the end of each drain of a worker's ring, or
+        soon after a failure -- and reads the exchange's state itself.  This is the front's
+        hot path: no task, no future, no coroutine per request.  Raises Overloaded at once
+        when shutting down or when the queue is full.
+        """
+        if self._stopping or not self._running:
+            raise Overloaded("server is shutting down")
+        ex = Exchange(self, head, body)
+        ex.notify = notify
+        worker = self._pick(ex)
+        if worker is None:
+            queue = self._queue
+            if len(queue) >= self.config.queue_size:
+                raise Overloaded(f"request queue full ({self.config.queue_size})")
+            ex.queued_at = time.monotonic()
+            ex.queued_until = self.loop.time() + self.config.queue_timeout
+            queue.append((ex, None))
+            if self._queue_timer is None:
+                self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
+            return ex
+        self._assign(ex, worker)
+        self._send_now(ex, worker)
+        return ex
+
+    def _send_now(self, ex: Exchange, w: WorkerHandle) -> None:
+        """Send a callback-mode request: at once when it is a lone head that fits now (the
+        common case), else in a task that may wait for ring or arena space."""
+        if not ex.replay:
+            pump = w.pump
+            head = encode_request_head(ex.head)
+            with contextlib.suppress(PeerLostError, PeerBrokenError):  # the task sorts it out
+                if len(head) <= pump.channel.max_chunk and pump.send_nowait(
+                    ex.id, head, Kind.REQUEST_HEAD, Flag.END
+                ):
+                    ex.ring_seq = pump.sent
+                    ex.handed = True
+                    return
+        task = asyncio.ensure_future(self._send_later(ex, w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_later(self, ex: Exchange, w: WorkerHandle) -> None:
+        try:
+            await self._send_request(ex, w, False)
+        except ZeusError as exc:
+            ex._fail(exc)
+
+    def _touch(self, ex: Exchange) -> None:
+        """``ex`` (callback mode) has news: call it back at the end of this batch."""
+        self._touched.append(ex)
+        if self._flush_soon is None:  # news from outside a drain (timer, exit) needs this
+            self._flush_soon = self.loop.call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self._flush_soon = None
+        self._flush()
+
+    def _flush(self) -> None:
+        """Call back the exchanges touched since the last flush (they may touch more)."""
+        while self._touched:
+            touched, self._touched = self._touched, []
+            for ex in touched:
+                ex.touched = False
+                notify = ex.notify
+                if notify is not None:
+                    try:
+                        notify()
+                    except Exception:  # the caller's bug must not stop the others' news
+                        log.exception("callback for request %d failed", ex.id)
+
     def _pick(self, ex: Exchange) -> WorkerHandle | None:
         if self._queue:
             return None  # keep FIFO order behind those already waiting
@@ -296,23 +378,25 @@ class Pool:
         queue = self._queue
         while queue:
             ex, fut = queue[0]
-            if fut.done():
+            if fut.done() if fut is not None else ex._error is not None:
                 queue.popleft()
                 continue
             if ex.queued_until > now:
                 self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
                 return
             queue.popleft()
-            fut.set_exception(
-                Overloaded(f"no worker available within {self.config.queue_timeout:.1f}s")
-            )
+            exc = Overloaded(f"no worker available within {self.config.queue_timeout:.1f}s")
+            if fut is None:
+                ex._fail(exc)
+            else:
+                fut.set_exception(exc)
 
     def _dispatch_queue(self) -> None:
         """Give queued requests to workers that have room, in FIFO order."""
         queue = self._queue
         while queue:
             ex, fut = queue[0]
-            if fut.done():
+            if fut.done() if fut is not None else ex._error is not None:
                 queue.popleft()
                 continue
             w = self._choose(ex)
@@ -320,7 +404,12 @@ class Pool:
                 return
             queue.popleft()
             self._assign(ex, w)
-            fut.set_result(w)
+            if fut is None:
+                self._queue_wait += time.monotonic() - ex.queued_at
+                self._queue_waits += 1
+                self._send_now(ex, w)
+            else:
+                fut.set_result(w)
 
     def _assign(self, ex: Exchange, w: WorkerHandle) -> None:
         ex.worker = w
@@ -512,6 +601,8 @@ class Pool:
         self._release(ex, w)
 
     def _on_wake(self, w: WorkerHandle) -> None:
+        if self._touched:  # the end of a drain: the front answers this batch now
+            self._flush()
         if w.state is WState.STARTING and w.region.memory.load_u32(Word.WORKER_STATE) == State.OPEN:
             w.state = WState.READY
             w.ready_at = time.monotonic()

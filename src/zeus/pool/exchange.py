@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from zeus.channel import Message
@@ -74,6 +74,11 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None
         self.started = time.monotonic()
         self.queued_until = 0.0  # loop time its wait in the pool's queue ends
+        self.queued_at = 0.0  # when it entered the pool's queue (callback mode; metrics)
+        # Callback mode (Pool.dispatch): called, once per batch of news, instead of waking a
+        # waiter; the caller reads ``_head``, ``_chunks``, ``finished`` and ``_error`` itself.
+        self.notify: Callable[[], None] | None = None
+        self.touched = False  # queued for ``notify`` in the pool's current batch
 
     async def response(self) -> ResponseHead:
         """Wait for the response head.  Cancelling the wait does not cancel the request.
@@ -143,6 +148,11 @@ class Exchange:
         self._wake()
 
     def _wake(self) -> None:
+        if self.notify is not None:
+            if not self.touched:
+                self.touched = True
+                self._pool._touch(self)
+            return
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 

@@ -14,6 +14,14 @@ chunk's arena space as soon as it is consumed.  The handler answers with a ``Res
 body may be bytes, a memoryview or an iterable of either (streamed, with back-pressure when the
 front's client is slow), or writes straight into the arena through ``request.respond()``.
 
+The hello-world path is kept short: the head is decoded in C and its ``RequestHead`` record is
+built only if the handler asks for ``request.head``; ``Response`` headers are checked in one
+native call; and a whole response whose body fits one chunk is published in one native call
+(``Channel.send_response_nowait``: the head encoded straight into the arena, Content-Length
+appended when missing, head and body made visible by one release store, the front woken at
+most once).  When the ring or the arena has no room for both, the general path sends them one
+by one and waits, as for any other response.
+
 A handler exception answers that request with a 500 (the traceback goes to stderr, never to the
 client) and the worker keeps serving.  A heartbeat thread bumps a counter in the control block
 once a second; the front sends CANCEL when the client leaves, which the worker notices while it
@@ -27,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -37,7 +44,15 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Final
 
-from zeus.channel import Channel, Message, decode_request_head, encode_response_head
+from zeus.channel import (
+    Channel,
+    Message,
+    RequestFields,
+    decode_request_fields,
+    encode_response_head,
+    request_head,
+    response_headers,
+)
 from zeus.core.codec import Headers, RequestHead
 from zeus.core.layout import Flag, Kind
 from zeus.core.spin import SpinPolicy
@@ -52,7 +67,14 @@ ENV_SPIN_NS: Final = "ZEUS_SPIN_NS"
 # Large bodies go out in pieces of this size, so the front writes one piece to the client
 # while the worker copies the next into the arena (1 MiB responses: ~+13% req/s here).
 RESPONSE_CHUNK: Final = 256 * 1024
+# Plain ints on the hot path: ``int & Flag`` or ``Flag & int`` builds an enum member.
 _END: Final = int(Flag.END)
+_HEAD: Final = int(Kind.RESPONSE_HEAD)
+_BODY: Final = int(Kind.RESPONSE_BODY)
+_CANCEL: Final = int(Kind.CANCEL)
+_REQUEST_HEAD: Final = int(Kind.REQUEST_HEAD)
+# A tuple, not ``bytes | bytearray | memoryview``: that builds a union object at every call.
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
 
 
 class ClientDisconnected(ZeusError):
@@ -80,32 +102,25 @@ class Response:
         if not 100 <= status <= 999:
             raise ValueError(f"invalid status {status}")
         self.status = status
-        self.headers: Headers = _check_headers((_b(k), _b(v)) for k, v in headers or ())
+        # Lower-case names; refuse what the front would refuse (ValueError -> a 500, not a
+        # protocol violation that gets the worker killed).  One native call.
+        self.headers: Headers = response_headers(headers or ())
         self.body = body
+
+    @classmethod
+    def _checked(
+        cls, status: int, headers: Headers, body: bytes | memoryview | Iterable[bytes | memoryview]
+    ) -> Response:
+        """A Response from a valid status and headers already through ``response_headers``
+        (the WSGI adapter checked them in ``start_response``): no second check."""
+        self = cls.__new__(cls)
+        self.status = status
+        self.headers = headers
+        self.body = body
+        return self
 
     def __repr__(self) -> str:
         return f"<Response {self.status} headers={len(self.headers)}>"
-
-
-def _b(s: str | bytes) -> bytes:
-    return s.encode("latin-1") if isinstance(s, str) else s
-
-
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
-
-
-def _check_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Lower-case names; refuse what the front would refuse (ValueError -> a 500, not a
-    protocol violation that gets the worker killed)."""
-    out: Headers = []
-    for name, value in headers:
-        if not _TOKEN.match(name):
-            raise ValueError(f"invalid header name {name[:40]!r}")
-        if _BAD_VALUE.search(value):
-            raise ValueError(f"invalid value for header {name[:40]!r}")
-        out.append((name.lower(), value))
-    return out
 
 
 class BodyStream:
@@ -168,14 +183,17 @@ class BodyStream:
 class Request:
     """One request being served: its head, its body, and the way to answer it."""
 
-    def __init__(self, worker: Worker, msg_id: int, head: RequestHead, body_done: bool) -> None:
+    def __init__(
+        self, worker: Worker, msg_id: int, fields: RequestFields, body_done: bool
+    ) -> None:
         self._worker = worker
+        self._fields = fields  # the decoded head; ``head`` builds its record on demand
         self.id: Final = msg_id
-        self.head: Final = head
-        self.method: Final = head.method.decode("latin-1")
-        self.path: Final = head.path.decode("latin-1")
-        self.query: Final = head.query.decode("latin-1")
-        self.headers: Final = head.headers
+        self.method: Final = fields[0].decode("latin-1")
+        path, _, query = fields[1].partition(b"?")
+        self.path: Final = path.decode("latin-1")
+        self.query: Final = query.decode("latin-1")
+        self.headers: Final = fields[2]
         self._body_done = body_done
         self._first: Message | None = None
         self._body_view: memoryview | bytes | None = b"" if body_done else None
@@ -183,7 +201,25 @@ class Request:
         self.responded = False
         self.ended = False  # the last message of the response has been sent
         self.writer: ResponseWriter | None = None
-        self.stream: Final = BodyStream(self)
+        self._head: RequestHead | None = None
+        self._stream: BodyStream | None = None
+
+    @property
+    def head(self) -> RequestHead:
+        """The request head as the front sent it (built on first use: most handlers need
+        only ``method``, ``path``, ``query`` and ``headers``)."""
+        head = self._head
+        if head is None:
+            head = self._head = request_head(self._fields)
+        return head
+
+    @property
+    def stream(self) -> BodyStream:
+        """The body, read chunk by chunk (see ``BodyStream``)."""
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = BodyStream(self)
+        return stream
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded as latin-1."""
@@ -223,21 +259,25 @@ class Request:
         """Start the response now and write its body piece by piece (or in place)."""
         if self.responded:
             raise RuntimeError("response already started")
-        hdrs = _check_headers(headers or ())
+        hdrs = response_headers(headers or ())
         self.responded = True
-        self._worker._send(self.id, encode_response_head(status, hdrs), Kind.RESPONSE_HEAD, 0)
+        self._worker._send(self.id, encode_response_head(status, hdrs), _HEAD, 0)
         self.writer = ResponseWriter(self)
         return self.writer
 
     def _finish(self) -> None:
+        """The response is complete: let go of the body.
+
+        The part of the body the handler did not read is not waited for: the front may never
+        send it (the client may never send it, and the front stops forwarding a body once the
+        response is complete), and a worker waiting for it would serve nobody again.  Pieces
+        that do come are released as stale by ``Worker._dispatch`` (request IDs are never
+        reused).
+        """
         if self._first is not None:
             self._first.release()
             self._first = None
-        # Drain and release any body the handler did not read.
-        while not self._body_done and not self.cancelled:
-            msg = self._next_body()
-            if msg is not None:
-                msg.release()
+        self._body_done = True
 
     def __repr__(self) -> str:
         return f"<Request id={self.id} {self.method} {self.path!r}>"
@@ -255,7 +295,7 @@ class ResponseWriter:
         """Send a body chunk (waits while the front's arena part is full)."""
         self._worker._check_cancel(self._request)
         if len(data):
-            self._worker._send(self._request.id, data, Kind.RESPONSE_BODY, 0)
+            self._worker._send(self._request.id, data, _BODY, 0)
 
     def reserve(self, n: int) -> memoryview:
         """Arena space for the next ``n`` bytes of body, to fill in place; then ``commit``."""
@@ -270,7 +310,7 @@ class ResponseWriter:
         """End the response."""
         if not self.closed:
             self.closed = True
-            self._worker._send(self._request.id, b"", Kind.RESPONSE_BODY, Flag.END)
+            self._worker._send(self._request.id, b"", _BODY, _END)
 
 
 Handler = Callable[[Request], Response | None]
@@ -337,7 +377,19 @@ class Worker:
             msg = self.channel.recv()
             if msg.id == req.id:
                 return self._own(req, msg)
-            pending.append(msg)
+            self._stash(msg, req)
+
+    def _stash(self, msg: Message, req: Request) -> None:
+        """Keep a message that arrived while serving ``req``, for its turn -- unless it is a
+        body piece or CANCEL of a request already answered: that one is released at once, as
+        ``_dispatch`` would, since holding it would hold arena space the front may need for
+        ``req``'s own body."""
+        if msg.kind == _REQUEST_HEAD or msg.id == req.id or any(
+            queued.id == msg.id and queued.kind == _REQUEST_HEAD for queued in self._pending
+        ):
+            self._pending.append(msg)
+        else:
+            msg.release()
 
     @staticmethod
     def _own(req: Request, msg: Message) -> Message:
@@ -363,7 +415,7 @@ class Worker:
             if msg.id == req.id and msg.kind == Kind.CANCEL:
                 req.cancelled = True
                 raise ClientDisconnected(f"request {req.id} cancelled")
-            self._pending.append(msg)
+            self._stash(msg, req)
 
     # --------------------------------------------------------------- the loop
 
@@ -409,12 +461,12 @@ class Worker:
                 if not more:
                     break
                 msg = self._next_piece(rid)
-            head = decode_request_head(data)
+            fields = decode_request_fields(data)
         else:
             with msg:
-                head = decode_request_head(msg.data)
+                fields = decode_request_fields(msg.data)
                 end, rid = msg.end, msg.id
-        req = Request(self, rid, head, end)
+        req = Request(self, rid, fields, end)
         self._current = req
         try:
             self._run(req, handler)
@@ -445,7 +497,7 @@ class Worker:
         except ClientDisconnected:
             # The front gave up on this request; acknowledge so it can forget the ID.
             if not req.ended:
-                self._send(req.id, b"", Kind.CANCEL, Flag.END)
+                self._send(req.id, b"", _CANCEL, _END)
             return
         except (PeerLostError, PeerBrokenError):
             raise
@@ -455,55 +507,62 @@ class Worker:
             log.error("out of memory on %s %s; exiting", req.method, req.path)
             if not req.responded:
                 with contextlib.suppress(Exception):
-                    self._send(req.id, encode_response_head(500, _ERROR_HEADERS),
-                               Kind.RESPONSE_HEAD, 0)
-                    self._send(req.id, b"Internal Server Error\n", Kind.RESPONSE_BODY, Flag.END)
+                    self._send(req.id, _ERROR_HEAD, _HEAD, 0)
+                    self._send(req.id, _ERROR_BODY, _BODY, _END)
             raise SystemExit(WorkerExit.MEMORY_LIMIT) from None
         except Exception:
             log.error("handler failed on %s %s\n%s", req.method, req.path, traceback.format_exc())
             if not req.responded:
-                self._send(req.id, encode_response_head(500, _ERROR_HEADERS), Kind.RESPONSE_HEAD, 0)
-                self._send(req.id, b"Internal Server Error\n", Kind.RESPONSE_BODY, Flag.END)
+                self._send(req.id, _ERROR_HEAD, _HEAD, 0)
+                self._send(req.id, _ERROR_BODY, _BODY, _END)
             elif not req.ended:
                 # Headers are gone already: abort the stream so the front can close the client.
-                self._send(req.id, b"", Kind.CANCEL, Flag.END)
+                self._send(req.id, b"", _CANCEL, _END)
             req.responded = True
             req._finish()
 
     def _write_response(self, req: Request, resp: Response) -> None:
         req.responded = True
         body = resp.body
-        head = encode_response_head(resp.status, resp.headers)
-        if isinstance(body, bytes | bytearray | memoryview):
-            if (
-                resp.status >= 200
-                and resp.status not in (204, 304)
-                # HEAD with an empty body: the app (e.g. werkzeug) left the body out, so its
-                # length is unknown; with a body, the handler computed it like a GET.
-                and (req.method != "HEAD" or len(body))
-                and not any(k == b"content-length" for k, _ in resp.headers)
-            ):
-                n = memoryview(body).nbytes
-                head = encode_response_head(
-                    resp.status, [*resp.headers, (b"content-length", str(n).encode())]
-                )
-            if len(body) == 0:
-                self._send(req.id, head, Kind.RESPONSE_HEAD, Flag.END)
+        status = resp.status
+        headers = resp.headers
+        if type(headers) is not list:  # a handler may have replaced the list
+            headers = list(headers)
+        if isinstance(body, _BYTES_LIKE):
+            # Content-Length when the app gave none -- unless the status has no body, or for
+            # HEAD with an empty body: the app (e.g. werkzeug) left the body out, so its length
+            # is unknown; with a body, the handler computed it like a GET.
+            add_length = (
+                status >= 200 and status != 204 and status != 304
+                and (len(body) > 0 or req.method != "HEAD")
+            )
+            # The common case in one native call: head encoded into the arena, head and body
+            # published together, the front woken at most once.
+            if self.channel.send_response_nowait(req.id, status, headers, body, add_length):
+                req.ended = True
                 return
-            self._send(req.id, head, Kind.RESPONSE_HEAD, 0)
-            self._send(req.id, body, Kind.RESPONSE_BODY, Flag.END)
+            # No room right now (or a body over one chunk): encode, then send and wait.
+            if add_length and not any(k == b"content-length" for k, _ in headers):
+                n = body.nbytes if isinstance(body, memoryview) else len(body)
+                headers = [*headers, (b"content-length", b"%d" % n)]
+            head = encode_response_head(status, headers)
+            if len(body) == 0:
+                self._send(req.id, head, _HEAD, _END)
+                return
+            self._send(req.id, head, _HEAD, 0)
+            self._send(req.id, body, _BODY, _END)
             return
-        self._send(req.id, head, Kind.RESPONSE_HEAD, 0)
+        self._send(req.id, encode_response_head(status, headers), _HEAD, 0)
         try:
             for chunk in body:
                 self._check_cancel(req)
                 if len(chunk):
-                    self._send(req.id, chunk, Kind.RESPONSE_BODY, 0)
+                    self._send(req.id, chunk, _BODY, 0)
         finally:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
-        self._send(req.id, b"", Kind.RESPONSE_BODY, Flag.END)
+        self._send(req.id, b"", _BODY, _END)
 
     # ------------------------------------------------------ signals, heartbeat
 
@@ -533,6 +592,8 @@ _ERROR_HEADERS: Final[Headers] = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"content-length", b"22"),
 ]
+_ERROR_HEAD: Final = encode_response_head(500, _ERROR_HEADERS)
+_ERROR_BODY: Final = b"Internal Server Error\n"
 
 
 def main(argv: list[str] | None = None) -> None:
