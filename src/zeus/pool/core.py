@@ -94,6 +94,8 @@ class Pool:
         self._touched: list[Exchange] = []  # callback-mode exchanges with news (see _touch)
         self._flush_soon: asyncio.Handle | None = None
         self._queue_timer: asyncio.TimerHandle | None = None  # see _expire_queue
+        self._deadline_timer: asyncio.TimerHandle | None = None  # see _check_deadlines
+        self._deadline_at = 0.0  # when it is due (loop time)
         self._views: tuple[list[_BalancerView], list[_BalancerView]] | None = None
         self._rng = random.Random()
         self._target = config.workers
@@ -187,6 +189,9 @@ class Pool:
         await self._wait_until(lambda: not self._workers, time.monotonic() + 5.0)
         for w in list(self._workers):  # unkillable (D state): reap what we can, free the rest
             self._on_exit(w)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -415,9 +420,45 @@ class Pool:
         ex.worker = w
         w.in_flight[ex.id] = ex
         if self.config.timeout > 0:
-            ex.timer = self.loop.call_later(
-                self.config.timeout, self._timed_out, ex
-            )
+            ex.deadline = deadline = self.loop.time() + self.config.timeout
+            if self._deadline_timer is None:
+                self._deadline_timer = self.loop.call_at(deadline, self._check_deadlines)
+                self._deadline_at = deadline
+
+    # One lazy timer for every request timeout, instead of a timer set and cancelled per
+    # request.  All requests get the same timeout, and a worker's in-flight dict keeps them
+    # in the order they were assigned: its first entry is its oldest, so the timer is due
+    # when the oldest in-flight request anywhere expires.  A request that completes leaves
+    # the timer alone; when it fires early it re-arms for the request now oldest.
+
+    def _check_deadlines(self) -> None:
+        """Time out every request past its deadline; re-arm for the next one."""
+        self._deadline_timer = None
+        now = self.loop.time()
+        expired: list[Exchange] = []
+        for w in self._workers:
+            for ex in w.in_flight.values():
+                if ex.deadline > now:
+                    break
+                if ex.deadline:
+                    expired.append(ex)
+        for ex in expired:
+            owner = ex.worker
+            if ex.deadline and ex.deadline <= now and owner is not None and (
+                owner.in_flight.get(ex.id) is ex
+            ):  # not already retried or abandoned by an earlier one's handling
+                ex.deadline = 0.0
+                self._timed_out(ex)
+        first = min((ex.deadline for w in self._workers for ex in w.in_flight.values()
+                     if ex.deadline), default=0.0)
+        if not first:
+            return
+        timer = self._deadline_timer  # _timed_out's retries may have armed one, later
+        if timer is None or self._deadline_at > first:
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self.loop.call_at(first, self._check_deadlines)
+            self._deadline_at = first
 
     async def _send_request(self, ex: Exchange, w: WorkerHandle, streaming: bool) -> None:
         head = encode_request_head(ex.head)
@@ -454,9 +495,7 @@ class Pool:
             if ex.resend and ex._error is None:
                 # The worker died before taking this request: send it to another one.
                 ex.resend = False
-                if ex.timer is not None:
-                    ex.timer.cancel()
-                    ex.timer = None
+                ex.deadline = 0.0
                 other = self._pick(ex)
                 if other is None:
                     other = await self._enqueue(ex)
@@ -476,7 +515,6 @@ class Pool:
         return taken is not None and ex.ring_seq > taken
 
     def _timed_out(self, ex: Exchange) -> None:
-        ex.timer = None
         w = ex.worker
         if ex.finished or ex._error is not None or w is None:
             return
@@ -522,9 +560,7 @@ class Pool:
 
     def _release(self, ex: Exchange, w: WorkerHandle) -> None:
         """``ex`` no longer occupies ``w``: count it, recycle if due, feed the queue."""
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        ex.deadline = 0.0
         w.requests += 1
         self._completed += 1
         if w.retire_reason is None:
@@ -787,17 +823,13 @@ class Pool:
         # It belongs to no worker until _redispatch assigns it: a timer that fires meanwhile
         # (several may, in one loop iteration) must not time it out on the worker it left.
         ex.worker = None
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        ex.deadline = 0.0
         task = asyncio.ensure_future(self._redispatch(ex))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _redispatch(self, ex: Exchange) -> None:
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        ex.deadline = 0.0
         try:
             w = self._pick(ex)
             if w is None:
@@ -816,9 +848,7 @@ class Pool:
     def _unassign(self, ex: Exchange, w: WorkerHandle) -> None:
         """Undo ``_assign`` for a request that was never sent."""
         w.in_flight.pop(ex.id, None)
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        ex.deadline = 0.0
         self._dispatch_queue()
 
     def _classify(
