@@ -179,7 +179,7 @@ class Fake:
     """A worker as the balancer sees it."""
 
     name: str
-    in_flight: int = 0
+    load: int = 0
     capacity: int = 1
     accepting: bool = True
 
@@ -203,7 +203,7 @@ def test_round_robin_is_the_default() -> None:
 
 @pytest.mark.parametrize(
     "unavailable",
-    [Fake("b", in_flight=1), Fake("b", in_flight=3, capacity=3), Fake("b", accepting=False)],
+    [Fake("b", load=1), Fake("b", load=3, capacity=3), Fake("b", accepting=False)],
     ids=["saturated", "saturated-at-capacity-3", "not-accepting"],
 )
 def test_round_robin_skips_workers_that_cannot_take_a_request(unavailable: Fake) -> None:
@@ -220,23 +220,23 @@ def test_round_robin_resumes_after_the_worker_it_picked_last() -> None:
 
 
 def test_round_robin_counts_capacity_not_just_idleness() -> None:
-    ws = [Fake("a", in_flight=2, capacity=3), Fake("b", in_flight=1)]
+    ws = [Fake("a", load=2, capacity=3), Fake("b", load=1)]
     assert picks(Balancer(Balance.ROUND_ROBIN), ws, 2) == ["a", "a"]
 
 
 @pytest.mark.parametrize("mode", list(Balance))
 def test_no_pick_when_every_worker_is_saturated_or_unavailable(mode: Balance) -> None:
     b = Balancer(mode)
-    ws = [Fake("a", in_flight=1), Fake("b", accepting=False), Fake("c", in_flight=2, capacity=2)]
+    ws = [Fake("a", load=1), Fake("b", accepting=False), Fake("c", load=2, capacity=2)]
     assert b.pick(ws) is None
     assert b.pick([]) is None
 
 
 def test_round_robin_picks_again_once_a_worker_frees_up() -> None:
     b = Balancer(Balance.ROUND_ROBIN)
-    ws = [Fake("a", in_flight=1), Fake("b", in_flight=1)]
+    ws = [Fake("a", load=1), Fake("b", load=1)]
     assert b.pick(ws) is None
-    ws[1].in_flight = 0
+    ws[1].load = 0
     assert picks(b, ws, 2) == ["b", "b"]
 
 
@@ -260,3 +260,21 @@ def test_least_conn_compares_requests_in_flight_not_free_capacity() -> None:
     # b has more room left (3 of 4) but more requests in flight than a (0 of 1).
     ws = [Fake("a", 0, 1), Fake("b", 1, 4)]
     assert Balancer(Balance.LEAST_CONN).pick(ws) is ws[0]
+
+
+@pytest.mark.parametrize("mode", list(Balance))
+def test_spill_goes_to_the_shortest_queue_only_when_every_worker_is_at_capacity(
+    mode: Balance,
+) -> None:
+    """With spill (prefetch), a worker below capacity still wins by the mode; with all at
+    capacity, the least loaded of those below capacity + spill; none when all are past it."""
+    b = Balancer(mode)
+    ws = [Fake("a", 2, 1), Fake("b", 1, 1), Fake("c", 3, 1), Fake("d", 0, 1, accepting=False)]
+    assert b.pick(ws) is None
+    assert b.pick(ws, spill=2) is ws[1]
+    ws[2].load = 0
+    assert b.pick(ws, spill=2) is ws[2]  # below capacity beats any queue
+    ws[2].load = 3
+    ws[1].load = 2
+    assert b.pick(ws, spill=1) is None  # a, b at 2, c at 3: none below 1 + 1
+    assert b.pick(ws, spill=2) is ws[0]  # a and b tie: the first

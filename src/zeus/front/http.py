@@ -57,7 +57,10 @@ _WRITE_PIECE: Final = 256 * 1024
 # A body received whole before its request is submitted goes to the worker in the pieces it
 # arrived in, up to this many (a 1 MiB upload comes in some 16 socket reads); more are joined.
 _MAX_PIECES: Final = 32
-_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
+                         for s in HTTPStatus}
+# Response header names the front looks at (the rest pass through untouched).
+_FRAMING: Final = _HOP_BY_HOP | {b"content-length", b"server", b"date"}
 
 
 class _Reject(Exception):
@@ -491,25 +494,27 @@ class HttpProtocol(asyncio.Protocol):
         # wait for it) announces the close: the rest of the body will not be read.
         keep = req.keep_alive and req.complete and not self.server.draining
         status = resp.status
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
         length: int | None = None
         has_server = has_date = False
         for name, value in resp.headers:
-            if name in _HOP_BY_HOP:
-                if name == b"connection" and b"close" in value.lower():
-                    keep = False
-                continue
-            if name == b"content-length":
-                # From the application, so checked like a client's: 1*DIGIT, once.  A second
-                # or malformed one is dropped, never forwarded (two lengths, a sign, "1_0" or
-                # spaces would frame the response differently for different clients).
-                if length is not None or not value.isdigit():
+            if name in _FRAMING:
+                if name in _HOP_BY_HOP:
+                    if name == b"connection" and b"close" in value.lower():
+                        keep = False
                     continue
-                length = int(value)
-            elif name == b"server":
-                has_server = True
-            elif name == b"date":
-                has_date = True
+                if name == b"content-length":
+                    # From the application, so checked like a client's: 1*DIGIT, once.  A
+                    # second or malformed one is dropped, never forwarded (two lengths, a
+                    # sign, "1_0" or spaces would frame the response differently for
+                    # different clients).
+                    if length is not None or not value.isdigit():
+                        continue
+                    length = int(value)
+                elif name == b"server":
+                    has_server = True
+                else:
+                    has_date = True
             out.append(name + b": " + value + b"\r\n")
         no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         chunked = False

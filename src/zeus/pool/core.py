@@ -65,8 +65,8 @@ from zeus.pool.exchange import (
     ResponseAborted,
     WorkerLost,
 )
-from zeus.pool.handle import MAX_ABANDONED, WorkerHandle, WState, _BalancerView
-from zeus.supervisor.balancer import Balance, Balancer
+from zeus.pool.handle import MAX_ABANDONED, WorkerHandle, WState
+from zeus.supervisor.balancer import Balancer
 from zeus.supervisor.limits import CgroupMemory
 from zeus.supervisor.policy import ExitCause
 from zeus.supervisor.process import describe_exit
@@ -87,7 +87,6 @@ class Pool:
         self.pid = 0
         self._workers: list[WorkerHandle] = []
         self._balancer = Balancer(config.balance)
-        self._prefetch_balancer = Balancer(Balance.LEAST_CONN)  # shortest queue
         # Waiting requests: an awaiting ``submit`` (its future) or a callback-mode ``start``
         # (None: it is sent from ``_dispatch_queue`` itself).
         self._queue: deque[tuple[Exchange, asyncio.Future[WorkerHandle] | None]] = deque()
@@ -96,7 +95,6 @@ class Pool:
         self._queue_timer: asyncio.TimerHandle | None = None  # see _expire_queue
         self._deadline_timer: asyncio.TimerHandle | None = None  # see _check_deadlines
         self._deadline_at = 0.0  # when it is due (loop time)
-        self._views: tuple[list[_BalancerView], list[_BalancerView]] | None = None
         self._rng = random.Random()
         self._target = config.workers
         self._pending_spawns = 0
@@ -346,15 +344,8 @@ class Pool:
 
     def _choose(self, ex: Exchange) -> WorkerHandle | None:
         """A worker with free capacity; failing that, one whose ring may queue ``ex``."""
-        views = self._views
-        if views is None:  # built once per change of the worker list, not per request
-            extra = self.config.prefetch
-            views = self._views = ([_BalancerView(w, 0) for w in self._workers],
-                                   [_BalancerView(w, extra) for w in self._workers])
-        view = self._balancer.pick(views[0])
-        if view is None and ex.replay is not None and self.config.prefetch:
-            view = self._prefetch_balancer.pick(views[1])
-        return view.w if view is not None else None
+        return self._balancer.pick(
+            self._workers, self.config.prefetch if ex.replay is not None else 0)
 
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
         if len(self._queue) >= self.config.queue_size:
@@ -706,7 +697,6 @@ class Pool:
                 old.replacement = w
                 break
         self._workers.append(w)
-        self._views = None
         log.info("started worker %d (pid %d)", w.index, w.pid)
         return w
 
@@ -801,7 +791,6 @@ class Pool:
         finally:
             w.region.close()
             self._workers.remove(w)
-            self._views = None
         for ex in retry:
             self._retry(ex)
         self.hooks.worker_exit(WorkerInfo(w.index, w.generation, w.pid),

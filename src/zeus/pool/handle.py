@@ -84,7 +84,7 @@ class WorkerHandle:
         return self.retire_reason is None or rep is None or rep.state is not WState.READY
 
     @property
-    def in_flight_count(self) -> int:
+    def load(self) -> int:
         """Requests in flight (the balancer's measure)."""
         return len(self.in_flight)
 
@@ -99,25 +99,3 @@ class WorkerHandle:
             f"<Worker {self.index}.{self.generation} pid={self.pid} {self.state.value} "
             f"in_flight={len(self.in_flight)} served={self.requests}>"
         )
-
-
-class _BalancerView:
-    """Adapts a WorkerHandle to the balancer's Candidate protocol."""
-
-    __slots__ = ("extra", "w")
-
-    def __init__(self, w: WorkerHandle, extra: int) -> None:
-        self.w = w
-        self.extra = extra
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.w.in_flight)
-
-    @property
-    def capacity(self) -> int:
-        return self.w.capacity + self.extra
-
-    @property
-    def accepting(self) -> bool:
-        return self.w.accepting

@@ -16,7 +16,7 @@ class Candidate(Protocol):
     """What a balancer needs to know of a worker."""
 
     @property
-    def in_flight(self) -> int: ...
+    def load(self) -> int: ...  # requests in flight
 
     @property
     def capacity(self) -> int: ...
@@ -42,26 +42,39 @@ class Balancer:
         self.mode = mode
         self._next = 0
 
-    def pick(self, workers: Sequence[T]) -> T | None:
-        """The worker to use, or None if every worker is saturated or unavailable."""
+    def pick(self, workers: Sequence[T], spill: int = 0) -> T | None:
+        """The worker to use, or None if every worker is saturated or unavailable.
+
+        Among the workers below their capacity, by the balancer's mode.  With ``spill``,
+        failing that, the least loaded of those below ``capacity + spill`` (the shortest
+        queue: prefetch).  One pass, each worker's load read once: this runs for every
+        request and every freed slot.
+        """
         n = len(workers)
         if n == 0:
             return None
-        if self.mode is Balance.LEAST_CONN:
-            best: T | None = None
-            for w in workers:
-                if w.accepting and w.in_flight < w.capacity and (
-                    best is None or w.in_flight < best.in_flight
-                ):
-                    best = w
-            return best
-        start = self._next % n
+        rr = self.mode is Balance.ROUND_ROBIN
+        start = self._next % n if rr else 0
+        best: T | None = None
+        best_load = 0
+        spare: T | None = None
+        spare_load = 0
         for i in range(n):
-            w = workers[(start + i) % n]
-            if w.accepting and w.in_flight < w.capacity:
-                self._next = (start + i + 1) % n
-                return w
-        return None
+            j = start + i
+            w = workers[j if j < n else j - n]
+            load = w.load
+            cap = w.capacity
+            if load >= cap + spill or not w.accepting:
+                continue
+            if load < cap:
+                if rr:
+                    self._next = j + 1 if j + 1 < n else j + 1 - n
+                    return w
+                if best is None or load < best_load:
+                    best, best_load = w, load
+            elif spare is None or load < spare_load:
+                spare, spare_load = w, load
+        return best if best is not None else spare
 
     def __repr__(self) -> str:
         return f"<Balancer {self.mode.value}>"
