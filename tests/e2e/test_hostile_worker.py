@@ -20,11 +20,15 @@ from typing import Final
 
 import pytest
 
+from zeus.pool.config import PREFETCH_MAX
+
 from .helpers import FIGURES, ROOT, ZEUS, Hammer, Server, free_port, wait_until
 
 HOSTILE_APP: Final = ROOT / "tests" / "apps" / "hostile_worker.py"
 WORKERS: Final = 3
-IN_FLIGHT_MAX: Final = 1 + 2  # concurrency 1 + prefetch 2: what a dying worker may hold
+# Concurrency 1 + the deepest prefetch: what a dying worker may hold (a worker that broke the
+# protocol gets no retry of the requests in its ring: nothing it says can be trusted).
+IN_FLIGHT_MAX: Final = 1 + PREFETCH_MAX
 
 
 class RunServer(Server):

@@ -182,6 +182,7 @@ class Fake:
     load: int = 0
     capacity: int = 1
     accepting: bool = True
+    prefetch: int = 0
 
 
 def picks(b: Balancer, workers: list[Fake], n: int) -> list[str | None]:
@@ -266,15 +267,19 @@ def test_least_conn_compares_requests_in_flight_not_free_capacity() -> None:
 def test_spill_goes_to_the_shortest_queue_only_when_every_worker_is_at_capacity(
     mode: Balance,
 ) -> None:
-    """With spill (prefetch), a worker below capacity still wins by the mode; with all at
-    capacity, the least loaded of those below capacity + spill; none when all are past it."""
+    """With spill, a worker below capacity still wins by the mode; with all at capacity, the
+    least loaded of those below capacity + their own prefetch; none when all are past it."""
     b = Balancer(mode)
-    ws = [Fake("a", 2, 1), Fake("b", 1, 1), Fake("c", 3, 1), Fake("d", 0, 1, accepting=False)]
+    ws = [Fake("a", 2, 1, prefetch=2), Fake("b", 1, 1, prefetch=2), Fake("c", 3, 1, prefetch=2),
+          Fake("d", 0, 1, accepting=False, prefetch=2)]
     assert b.pick(ws) is None
-    assert b.pick(ws, spill=2) is ws[1]
+    assert b.pick(ws, spill=True) is ws[1]
     ws[2].load = 0
-    assert b.pick(ws, spill=2) is ws[2]  # below capacity beats any queue
+    assert b.pick(ws, spill=True) is ws[2]  # below capacity beats any queue
     ws[2].load = 3
-    ws[1].load = 2
-    assert b.pick(ws, spill=1) is None  # a, b at 2, c at 3: none below 1 + 1
-    assert b.pick(ws, spill=2) is ws[0]  # a and b tie: the first
+    ws[1].load = 3
+    assert b.pick(ws, spill=True) is ws[0]  # a at 2 < 1 + 2
+    ws[0].prefetch = 1
+    assert b.pick(ws, spill=True) is None  # each at or past capacity + its prefetch
+    ws[2].prefetch = 16
+    assert b.pick(ws, spill=True) is ws[2]  # a deeper queue allowed: c, though the longest

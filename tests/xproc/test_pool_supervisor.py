@@ -38,6 +38,7 @@ from zeus.pool import (
     WState,
     worker_argv,
 )
+from zeus.pool.config import PREFETCH_BUDGET, PREFETCH_MAX, PREFETCH_MIN
 from zeus.supervisor.balancer import Balance
 from zeus.supervisor.policy import RecyclePolicy, RestartPolicy
 
@@ -736,5 +737,42 @@ def test_scale_up_then_straight_down_keeps_the_worker_it_had() -> None:
             assert ready_pids(pool) == {first}, "capacity dipped to zero"
             assert await all_ready(pool, 1) == {first}
             assert await pid_of_answer(pool) == first
+
+    run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_adaptive_prefetch_follows_the_service_time(tmp_path: Path) -> None:
+    """Unset --prefetch: a worker starts at the minimum depth, goes deeper once it answers
+    fast requests back to back (many served in the budget), and back to the minimum
+    once its requests take longer than the budget allows for more."""
+    async def scenario() -> None:
+        cfg = config(workers=1, prefetch=None, env={**ENV, "MISBEHAVING_STATE": str(tmp_path)})
+        async with running(cfg) as pool:
+            (w,) = pool.workers
+            assert w.prefetch == PREFETCH_MIN  # nothing measured yet
+            for _ in range(10):  # in batches: a busy worker, answers back to back
+                answers = await asyncio.gather(*(call(pool, b"/pid") for _ in range(8)))
+                assert {status for status, _ in answers} == {200}
+            # Here a request takes some 30-100 us: 16 (the maximum) on a quiet machine; on a
+            # loaded one, less, but deeper than the minimum either way.
+            assert PREFETCH_MIN < w.prefetch <= PREFETCH_MAX, w.service
+            slow = PREFETCH_BUDGET  # one request per budget: fewer than the minimum fit
+            for _ in range(40):
+                assert (await call(pool, b"/sleep?%g" % slow))[0] == 200
+            assert w.prefetch == PREFETCH_MIN, w.service
+
+    run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_a_fixed_prefetch_is_not_adapted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cfg = config(workers=1, prefetch=5, env={**ENV, "MISBEHAVING_STATE": str(tmp_path)})
+        async with running(cfg) as pool:
+            (w,) = pool.workers
+            for _ in range(20):
+                assert (await call(pool, b"/pid"))[0] == 200
+            assert w.prefetch == 5 and w.service == 0.0
 
     run(scenario())

@@ -241,13 +241,16 @@ class Settings:
     concurrency: int | None = option(
         None, section="server", parse=parse_positive, metavar="N", default_doc="1; 64 for ASGI",
         help="requests in flight per worker")
-    prefetch: int = option(
-        2, section="server", parse=parse_int, metavar="N",
+    prefetch: int | None = option(
+        None, section="server", parse=parse_int, metavar="N",
+        default_doc="auto: 2 to 16, by how fast requests are served",
         help="complete requests a worker's ring may hold beyond its concurrency when every "
-             "worker is busy. More costs the front less per request under saturation "
-             "(hello world on 2 cores: 1.3-1.5x req/s at 16), but a request waiting in a "
-             "ring waits for the one ahead of it even when another worker frees up; 0 keeps "
-             "every waiting request in the front's queue, for the first free worker")
+             "worker is busy. More costs the front and the workers less per request under "
+             "saturation (each wake-up serves a batch), but a request waiting in a ring "
+             "waits for the ones ahead of it even when another worker frees up. Unset, each "
+             "worker's depth follows its recent service time: as many as it serves in 2 ms, "
+             "at least 2, at most 16. 0 keeps every waiting request in the front's queue, "
+             "for the first free worker")
     backlog: int = option(2048, section="server", parse=parse_positive, metavar="N",
                           help="listen backlog")
     spin_ns: int | None = option(

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Final
 
 from zeus.core.layout import DEFAULT_REGION_SIZE, DEFAULT_SLOTS
 from zeus.supervisor.balancer import Balance
 from zeus.supervisor.limits import Limits
 from zeus.supervisor.policy import RecyclePolicy, RestartPolicy
+
+# Adaptive prefetch (PoolConfig.prefetch None): a worker's ring queues as many complete
+# requests beyond its concurrency as it serves in PREFETCH_BUDGET seconds, within these bounds.
+PREFETCH_MIN: Final = 2
+PREFETCH_MAX: Final = 16
+PREFETCH_BUDGET: Final = 0.002
 
 
 @dataclass(slots=True)
@@ -19,7 +26,9 @@ class PoolConfig:
     workers: int = 2
     balance: Balance = Balance.ROUND_ROBIN
     concurrency: int = 1
-    prefetch: int = 2  # extra complete requests queued in a worker's ring beyond concurrency
+    # Extra complete requests queued in a worker's ring beyond its concurrency when every
+    # worker is busy; None: adaptive (see Pool._served and the PREFETCH_* constants).
+    prefetch: int | None = None
     timeout: float = 30.0  # per request; 0 disables
     kill_grace: float = 5.0  # TERM -> KILL for a timed-out worker
     graceful_timeout: float = 30.0

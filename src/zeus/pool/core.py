@@ -56,7 +56,14 @@ from zeus.core.layout import Flag, Kind, State, Word
 from zeus.errors import PeerBrokenError, PeerLostError, ZeusError
 from zeus.exitcodes import WorkerExit
 from zeus.hooks import ExitInfo, Hooks, WorkerInfo
-from zeus.pool.config import PoolConfig, PoolStatistics, WorkerStatistics
+from zeus.pool.config import (
+    PREFETCH_BUDGET,
+    PREFETCH_MAX,
+    PREFETCH_MIN,
+    PoolConfig,
+    PoolStatistics,
+    WorkerStatistics,
+)
 from zeus.pool.exchange import (
     BootFailure,
     Exchange,
@@ -344,8 +351,7 @@ class Pool:
 
     def _choose(self, ex: Exchange) -> WorkerHandle | None:
         """A worker with free capacity; failing that, one whose ring may queue ``ex``."""
-        return self._balancer.pick(
-            self._workers, self.config.prefetch if ex.replay is not None else 0)
+        return self._balancer.pick(self._workers, ex.replay is not None)
 
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
         if len(self._queue) >= self.config.queue_size:
@@ -410,8 +416,9 @@ class Pool:
     def _assign(self, ex: Exchange, w: WorkerHandle) -> None:
         ex.worker = w
         w.in_flight[ex.id] = ex
+        ex.assigned_at = now = self.loop.time()
         if self.config.timeout > 0:
-            ex.deadline = deadline = self.loop.time() + self.config.timeout
+            ex.deadline = deadline = now + self.config.timeout
             if self._deadline_timer is None:
                 self._deadline_timer = self.loop.call_at(deadline, self._check_deadlines)
                 self._deadline_at = deadline
@@ -625,7 +632,28 @@ class Pool:
     def _complete(self, ex: Exchange, w: WorkerHandle) -> None:
         del w.in_flight[ex.id]
         ex._finish()
+        if self.config.prefetch is None:
+            self._served(ex, w)
         self._release(ex, w)
+
+    def _served(self, ex: Exchange, w: WorkerHandle) -> None:
+        """Adaptive prefetch: ``w`` finished ``ex``; set how deep its ring may queue.
+
+        Its service time is the time since it took the request on: since the request was
+        assigned, or since its previous answer if that came later (it was busy).  Their
+        moving average sets the depth to as many requests as it serves in PREFETCH_BUDGET:
+        a request queued in a ring behind others then waits about that long at most (fast
+        requests: deep rings, a batch per wake-up; slow ones: the minimum).
+        """
+        now = self.loop.time()
+        start = ex.assigned_at if ex.assigned_at > w.last_done else w.last_done
+        w.last_done = now
+        sample = now - start
+        service = w.service = sample if not w.service else w.service + (sample - w.service) / 8
+        if service * PREFETCH_MAX <= PREFETCH_BUDGET:
+            w.prefetch = PREFETCH_MAX
+        else:
+            w.prefetch = max(PREFETCH_MIN, int(PREFETCH_BUDGET / service))
 
     def _on_wake(self, w: WorkerHandle) -> None:
         if self._touched:  # the end of a drain: the front answers this batch now

@@ -71,6 +71,7 @@ class Exchange:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.finished = False  # the worker sent the end of the response
+        self.assigned_at = 0.0  # loop time it was given to its worker (adaptive prefetch)
         self.deadline = 0.0  # loop time its request timeout expires; 0: none (see Pool)
         self.started = time.monotonic()
         self.queued_until = 0.0  # loop time its wait in the pool's queue ends

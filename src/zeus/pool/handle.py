@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from zeus.aiochannel import ChannelPump
 from zeus.channel import Channel
 from zeus.core.spin import SpinPolicy
+from zeus.pool.config import PREFETCH_MIN
 from zeus.pool.exchange import Exchange, WorkerLost
 from zeus.region import Region
 from zeus.supervisor.policy import ExitCause
@@ -61,6 +62,11 @@ class WorkerHandle:
         )
         self.state = WState.STARTING
         self.capacity = cfg.concurrency
+        # Beyond capacity when every worker is busy: fixed, or adapted by Pool._served from
+        # ``service`` (moving average of its service time, seconds; 0: not measured yet).
+        self.prefetch = cfg.prefetch if cfg.prefetch is not None else PREFETCH_MIN
+        self.service = 0.0
+        self.last_done = 0.0  # loop time of its last answer
         self.in_flight: dict[int, Exchange] = {}
         # Requests given up on (client gone, timeout) whose end the worker may still send;
         # insertion-ordered so the oldest can be forgotten (bounded).

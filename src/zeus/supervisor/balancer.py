@@ -22,6 +22,9 @@ class Candidate(Protocol):
     def capacity(self) -> int: ...
 
     @property
+    def prefetch(self) -> int: ...  # how many more its queue may hold when all are busy
+
+    @property
     def accepting(self) -> bool: ...
 
 
@@ -42,13 +45,13 @@ class Balancer:
         self.mode = mode
         self._next = 0
 
-    def pick(self, workers: Sequence[T], spill: int = 0) -> T | None:
+    def pick(self, workers: Sequence[T], spill: bool = False) -> T | None:
         """The worker to use, or None if every worker is saturated or unavailable.
 
         Among the workers below their capacity, by the balancer's mode.  With ``spill``,
-        failing that, the least loaded of those below ``capacity + spill`` (the shortest
-        queue: prefetch).  One pass, each worker's load read once: this runs for every
-        request and every freed slot.
+        failing that, the least loaded of those below ``capacity + prefetch`` (the shortest
+        queue).  One pass, each worker's load read once: this runs for every request and
+        every freed slot.
         """
         n = len(workers)
         if n == 0:
@@ -64,7 +67,7 @@ class Balancer:
             w = workers[j if j < n else j - n]
             load = w.load
             cap = w.capacity
-            if load >= cap + spill or not w.accepting:
+            if load >= (cap + w.prefetch if spill else cap) or not w.accepting:
                 continue
             if load < cap:
                 if rr:
