@@ -28,6 +28,7 @@ from typing import Any, Final
 import pytest
 
 from zeus.core.codec import RequestHead
+from zeus.errors import ZeusError
 from zeus.pool import (
     BootFailure,
     Overloaded,
@@ -774,5 +775,36 @@ def test_a_fixed_prefetch_is_not_adapted(tmp_path: Path) -> None:
             for _ in range(20):
                 assert (await call(pool, b"/pid"))[0] == 200
             assert w.prefetch == 5 and w.service == 0.0
+
+    run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_dispatch_calls_back_and_a_request_it_cannot_send_fails_alone(tmp_path: Path) -> None:
+    """Pool.dispatch (the front's callback API): the callback sees the response; a request
+    whose head cannot be encoded fails by itself, and the worker stays and serves the next."""
+    async def scenario() -> None:
+        cfg = config(workers=1, env={**ENV, "MISBEHAVING_STATE": str(tmp_path)})
+        async with running(cfg) as pool:
+            (w,) = pool.workers
+            done = asyncio.get_running_loop().create_future()
+
+            def news() -> None:
+                if good.finished and not done.done():
+                    done.set_result(None)
+
+            good = pool.dispatch(RequestHead(b"GET", b"/pid"), (), news)
+            await asyncio.wait_for(done, 10)
+            assert good._head.result().status == 200
+            body = b"".join(bytes(m.data) for m in good._chunks)
+            assert int(body) == w.pid
+            good._discard()
+            failed = asyncio.get_running_loop().create_future()
+            bad_head = RequestHead(b"GET", b"/pid", [(b"x", "not bytes")])  # type: ignore[list-item]
+            bad = pool.dispatch(bad_head, (), lambda: failed.done() or failed.set_result(None))
+            await asyncio.wait_for(failed, 10)
+            assert isinstance(bad._error, ZeusError) and not w.in_flight
+            status, body = await call(pool, b"/pid")
+            assert status == 200 and int(body) == w.pid  # the same worker, still serving
 
     run(scenario())

@@ -303,14 +303,19 @@ class Pool:
         common case), else in a task that may wait for ring or arena space."""
         if not ex.replay:
             pump = w.pump
-            head = encode_request_head(ex.head)
-            with contextlib.suppress(PeerLostError, PeerBrokenError):  # the task sorts it out
+            try:
+                head = encode_request_head(ex.head)
                 if len(head) <= pump.channel.max_chunk and pump.send_nowait(
                     ex.id, head, Kind.REQUEST_HEAD, Flag.END
                 ):
                     ex.ring_seq = pump.sent
                     ex.handed = True
                     return
+            except (PeerLostError, PeerBrokenError):
+                pass  # the task sorts it out: resent elsewhere, or failed
+            except Exception as exc:  # runs inside a drain: must not pass for the worker's
+                self._unsendable(ex, exc)
+                return
         task = asyncio.ensure_future(self._send_later(ex, w))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -320,6 +325,18 @@ class Pool:
             await self._send_request(ex, w, False)
         except ZeusError as exc:
             ex._fail(exc)
+        except Exception as exc:
+            self._unsendable(ex, exc)
+
+    def _unsendable(self, ex: Exchange, exc: Exception) -> None:
+        """A request that cannot be sent (a bug of ours, not the worker's): it fails alone."""
+        log.error("request %d could not be sent to a worker: %r", ex.id, exc)
+        w = ex.worker
+        if w is not None and w.in_flight.get(ex.id) is ex:
+            del w.in_flight[ex.id]
+        ex.deadline = 0.0
+        ex._fail(ZeusError(f"request could not be sent: {exc}"))
+        self.loop.call_soon(self._dispatch_queue)  # its place is free
 
     def _touch(self, ex: Exchange) -> None:
         """``ex`` (callback mode) has news: call it back at the end of this batch."""
