@@ -453,7 +453,7 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange_cancel = ex.cancel
         self.answer = _Answer(req, ex, started, forward)
         ex.notify = self._on_exchange
-        if ex.touched or ex.finished or ex._error is not None or ex._head.done():
+        if ex.touched or ex.finished or ex._error is not None or ex.resp is not None:
             self._on_exchange()  # news that came before we listened
 
     def _on_exchange(self) -> None:
@@ -467,9 +467,10 @@ class HttpProtocol(asyncio.Protocol):
                 if ex._error is not None:
                     self._end(a, self._failed(a.req, ex._error, a.forward))
                     return
-                if not ex._head.done():
+                resp = ex.resp
+                if resp is None:
                     return
-                self._begin(a, ex._head.result())
+                self._begin(a, resp)
             chunks = ex._chunks
             # A paused transport (slow client) leaves the rest in the arena: the worker
             # waits for space, and resume_writing brings us back here.

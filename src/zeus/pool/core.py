@@ -601,19 +601,22 @@ class Pool:
             return
         kind = msg.kind
         if kind == Kind.RESPONSE_HEAD:
-            if ex._head.done():
+            if ex.resp is not None:
                 msg.release()
                 self._broken(w, f"second response head for request {msg.id}")
                 return
             with msg:
-                if len(ex._head_buf) + msg.data.nbytes > MAX_HEAD:
+                buf = ex._head_buf
+                if (len(buf) if buf is not None else 0) + msg.data.nbytes > MAX_HEAD:
                     self._broken(w, "response head too large")
                     return
-                if msg.more or ex._head_buf:
-                    ex._head_buf += msg.data
+                if msg.more or buf is not None:  # a head in pieces: gather them
+                    if buf is None:
+                        buf = ex._head_buf = bytearray()
+                    buf += msg.data
                     if msg.more:
                         return
-                    data: bytes | memoryview = bytes(ex._head_buf)
+                    data: bytes | memoryview = bytes(buf)
                 else:
                     data = msg.data
                 try:
@@ -621,12 +624,12 @@ class Pool:
                 except PeerBrokenError as exc:
                     self._broken(w, str(exc))
                     return
-            ex._head.set_result(head)
+            ex.resp = head
             ex._wake()  # Exchange.response() waits on its waiter
             if msg.end:
                 self._complete(ex, w)
         elif kind == Kind.RESPONSE_BODY:
-            if not ex._head.done():
+            if ex.resp is None:
                 msg.release()
                 self._broken(w, f"response body before head for request {msg.id}")
                 return

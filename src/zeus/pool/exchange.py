@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -54,6 +53,10 @@ _ids = itertools.count(1)
 class Exchange:
     """One request handed to the pool; its response comes back through here."""
 
+    __slots__ = ("_chunks", "_error", "_head_buf", "_pool", "_waiter", "assigned_at", "deadline",
+                 "finished", "handed", "head", "id", "notify", "queued_at", "queued_until",
+                 "replay", "resend", "resp", "ring_seq", "touched", "worker")
+
     def __init__(self, pool: Pool, head: RequestHead, replay: Sequence[bytes] | None) -> None:
         self.id: Final = next(_ids)
         self._pool = pool
@@ -64,38 +67,37 @@ class Exchange:
         self.ring_seq = 0  # the worker's request-ring position just after our head was sent
         self.handed = False  # head and body are all in the worker's ring
         self.resend = False  # its worker died before taking it while it was being sent
-        loop = pool.loop  # (get_running_loop costs a getpid() call on Python 3.11)
-        self._head: asyncio.Future[ResponseHead] = loop.create_future()
-        self._head_buf = bytearray()
+        self.resp: ResponseHead | None = None  # the response head, once it came
+        self._head_buf: bytearray | None = None  # a head arriving in pieces
         self._chunks: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.finished = False  # the worker sent the end of the response
         self.assigned_at = 0.0  # loop time it was given to its worker (adaptive prefetch)
         self.deadline = 0.0  # loop time its request timeout expires; 0: none (see Pool)
-        self.started = time.monotonic()
         self.queued_until = 0.0  # loop time its wait in the pool's queue ends
         self.queued_at = 0.0  # when it entered the pool's queue (callback mode; metrics)
         # Callback mode (Pool.dispatch): called, once per batch of news, instead of waking a
-        # waiter; the caller reads ``_head``, ``_chunks``, ``finished`` and ``_error`` itself.
+        # waiter; the caller reads ``resp``, ``_chunks``, ``finished`` and ``_error`` itself.
         self.notify: Callable[[], None] | None = None
         self.touched = False  # queued for ``notify`` in the pool's current batch
 
     async def response(self) -> ResponseHead:
         """Wait for the response head.  Cancelling the wait does not cancel the request.
 
-        The wait is on a throwaway waiter (woken by ``_wake``), not on ``_head`` itself, so a
-        cancelled caller leaves ``_head`` intact -- what ``asyncio.shield`` would do, for one
-        future instead of two futures and two callbacks per request.
+        The wait is on a throwaway waiter (woken by ``_wake``): a cancelled caller leaves the
+        exchange intact -- what ``asyncio.shield`` would do, without its two futures and two
+        callbacks per request.  Fails with the exchange's error if it failed before the head.
         """
-        head = self._head
-        while not head.done():
+        while self.resp is None:
+            if self._error is not None:
+                raise self._error
             self._waiter = self._pool.loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return head.result()
+        return self.resp
 
     async def next_chunk(self) -> Message | None:
         """The next body chunk (release it when written), or None at the end."""
@@ -138,9 +140,6 @@ class Exchange:
     def _fail(self, exc: BaseException) -> None:
         if self._error is None and not self.finished:
             self._error = exc
-            if not self._head.done():
-                self._head.set_exception(exc)
-                self._head.exception()  # retrieved: nobody may be waiting yet
             self._discard()
             self._wake()
 
