@@ -36,6 +36,18 @@ def early_crash(p: RestartPolicy, now: float = 0.0) -> float:
     return decision.delay
 
 
+def test_a_young_worker_that_answered_requests_is_replaced_at_once() -> None:
+    """Dying 0.1 s after its start is early only if it answered nothing: a worker that served
+    requests and then crashed on one is the application crashing, not a start that fails (a
+    poison request every second must not back the pool off into having no worker)."""
+    p = policy()
+    for t in range(30):
+        decision = p.exited(float(t), 0.1, ExitCause.CRASH, True, served=5)
+        assert decision.delay == 0.0 and not decision.crash_loop
+    assert early_crash(p, 31.0) > 0.0  # one that answered nothing still backs off
+    assert p.exited(32.0, 0.1, ExitCause.CRASH, False, served=5).delay > 0.0  # never ready
+
+
 def test_the_back_off_doubles_with_each_consecutive_early_death_up_to_its_cap() -> None:
     p = policy()
     assert [early_crash(p, t) for t in range(7)] == pytest.approx(

@@ -843,7 +843,8 @@ class Pool:
             self._retry(ex)
         self.hooks.worker_exit(WorkerInfo(w.index, w.generation, w.pid),
                                ExitInfo(rc, status, cause.value, detail))
-        decision = self.config.restart.exited(time.monotonic(), w.process.age, cause, was_ready)
+        decision = self.config.restart.exited(time.monotonic(), w.process.age, cause, was_ready,
+                                              w.requests)
         if decision.halt:
             log.critical("worker %d failed to boot (%s): giving up", w.index, status)
             self._halt(BootFailure(f"the application failed to boot (worker {status})"))

@@ -3,10 +3,14 @@
 Theory of operation
 -------------------
 *Restart.*  A worker that dies is replaced after a back-off that doubles with each consecutive
-early death (one within ``min_uptime`` seconds of its start) and resets once a worker has lived
-longer than that.  More than ``crash_loop_max`` early deaths within ``crash_loop_window`` seconds
-is a crash loop: logged, and the back-off stays at its maximum.  A worker that exits with
-WorkerExit.BOOT_FAILURE before it was ever ready means the application cannot even be imported:
+early death (one before it was ready, or within ``min_uptime`` seconds of its start without
+having answered a request) and resets once a worker has lived longer than that.  A young worker
+that answered requests and then crashed is a crash of the application on some request, not a
+start that fails: it is replaced at once, or a poison request sent every second would back the
+pool off into having no worker at all.  More than ``crash_loop_max`` early deaths within
+``crash_loop_window`` seconds is a crash loop: logged, and the back-off stays at its maximum.
+A worker that exits with WorkerExit.BOOT_FAILURE before it was ever ready means the application
+cannot even be imported:
 if no worker has ever become ready, the supervisor halts (gunicorn's "Worker failed to boot",
 with its own exit code), since restarting cannot help.  After a reload into code that does not
 boot, the old workers keep serving (they retire only once a replacement is ready) and the new
@@ -73,14 +77,15 @@ class RestartPolicy:
         self.ever_ready = True
 
     def exited(
-        self, now: float, uptime: float, cause: ExitCause, was_ready: bool
+        self, now: float, uptime: float, cause: ExitCause, was_ready: bool, served: int = 0
     ) -> RestartDecision:
-        """Decide what follows a worker's exit at monotonic time ``now``."""
+        """Decide what follows a worker's exit at monotonic time ``now`` (``served``: the
+        requests it answered)."""
         if cause is ExitCause.BOOT_FAILURE and not was_ready and not self.ever_ready:
             return RestartDecision(0.0, True, False, "the application failed to boot")
         if cause in (ExitCause.RECYCLE, ExitCause.STOPPED):
             return RestartDecision(0.0, False, False, cause.value)
-        early = uptime < self.min_uptime or not was_ready
+        early = not was_ready or (uptime < self.min_uptime and not served)
         if not early:
             self._consecutive = 0
             return RestartDecision(0.0, False, False, cause.value)
