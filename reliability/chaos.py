@@ -191,14 +191,13 @@ async def run_scenario(name: str, *, duration: float, interval: float, baseline:
         blows: list[float] = []
         blow_tally = Tally()
         blow_tasks: list[asyncio.Task[None]] = []
-        next_blow = time.monotonic()
-        end = next_blow + duration
-        while time.monotonic() < end:
-            now = time.monotonic()
-            if now < next_blow:
-                await asyncio.sleep(next_blow - now)
-                continue
-            next_blow += interval
+        first_blow = time.monotonic()
+        # A fixed number of beats: a loop on "until the end" gave one blow more whenever the
+        # loop's timer woke a little early (uvloop's timers have a millisecond's resolution).
+        for beat in range(max(1, round(duration / interval))):
+            delay = first_blow + beat * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
             if name in ("kill9", "stop"):
                 candidates = monitor.victims()
                 if not candidates:
@@ -210,6 +209,9 @@ async def run_scenario(name: str, *, duration: float, interval: float, baseline:
                 blow_tasks.append(asyncio.ensure_future(_one_request(
                     zeus.port, request_bytes("GET", path), blow_tally, 30)))
             blows.append(time.monotonic())
+        rest = first_blow + duration - time.monotonic()  # the chaos lasts its whole duration
+        if rest > 0:
+            await asyncio.sleep(rest)
         t1 = time.monotonic() - load.start
         await asyncio.gather(*blow_tasks)
         # After the chaos: wait (up to 20 s) until every blow's replacement is ready.
