@@ -441,21 +441,19 @@ class Pool:
                 self._deadline_at = deadline
 
     # One lazy timer for every request timeout, instead of a timer set and cancelled per
-    # request.  All requests get the same timeout, and a worker's in-flight dict keeps them
-    # in the order they were assigned: its first entry is its oldest, so the timer is due
-    # when the oldest in-flight request anywhere expires.  A request that completes leaves
-    # the timer alone; when it fires early it re-arms for the request now oldest.
+    # request.  All requests get the same timeout, so a new deadline is never earlier than
+    # those already set: the timer is due when the oldest in-flight request anywhere expires.
+    # A request that completes leaves the timer alone; when it fires early it re-arms for the
+    # request now oldest.
 
     def _check_deadlines(self) -> None:
         """Time out every request past its deadline; re-arm for the next one."""
         self._deadline_timer = None
         now = self.loop.time()
         expired: list[Exchange] = []
-        for w in self._workers:
-            for ex in w.in_flight.values():
-                if ex.deadline > now:
-                    break
-                if ex.deadline:
+        for w in self._workers:  # all of them (it fires about once per timeout): no order
+            for ex in w.in_flight.values():  # is assumed, so none can be missed and re-fire
+                if ex.deadline and ex.deadline <= now:
                     expired.append(ex)
         for ex in expired:
             owner = ex.worker
