@@ -172,11 +172,7 @@ class Pool:
         self._stopping = True
         timeout = self.config.graceful_timeout if timeout is None else timeout
         while self._queue:
-            ex, fut = self._queue.popleft()
-            if fut is None:
-                ex._fail(Overloaded("server is shutting down"))
-            elif not fut.done():
-                fut.set_exception(Overloaded("server is shutting down"))
+            self._queue_fail(*self._queue.popleft(), Overloaded("server is shutting down"))
         deadline = time.monotonic() + timeout
         if graceful:
             await self._wait_until(lambda: not any(w.in_flight for w in self._workers), deadline)
@@ -285,14 +281,8 @@ class Pool:
         ex.notify = notify
         worker = self._pick(ex)
         if worker is None:
-            queue = self._queue
-            if len(queue) >= self.config.queue_size:
-                raise Overloaded(f"request queue full ({self.config.queue_size})")
             ex.queued_at = time.monotonic()
-            ex.queued_until = self.loop.time() + self.config.queue_timeout
-            queue.append((ex, None))
-            if self._queue_timer is None:
-                self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
+            self._queue_put(ex, None)
             return ex
         self._assign(ex, worker)
         self._send_now(ex, worker)
@@ -370,15 +360,36 @@ class Pool:
         """A worker with free capacity; failing that, one whose ring may queue ``ex``."""
         return self._balancer.pick(self._workers, ex.replay is not None)
 
-    async def _enqueue(self, ex: Exchange) -> WorkerHandle:
+    def _queue_put(self, ex: Exchange, fut: asyncio.Future[WorkerHandle] | None) -> None:
+        """Queue ``ex`` (Overloaded if the queue is full); its wait ends at queue_timeout."""
         if len(self._queue) >= self.config.queue_size:
             raise Overloaded(f"request queue full ({self.config.queue_size})")
-        loop = self.loop
-        fut: asyncio.Future[WorkerHandle] = loop.create_future()
-        ex.queued_until = loop.time() + self.config.queue_timeout
+        ex.queued_until = self.loop.time() + self.config.queue_timeout
         self._queue.append((ex, fut))
         if self._queue_timer is None:
-            self._queue_timer = loop.call_at(ex.queued_until, self._expire_queue)
+            self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
+
+    def _queue_head(self) -> tuple[Exchange, asyncio.Future[WorkerHandle] | None] | None:
+        """The first queued request still wanted (given-up ones are dropped), or None."""
+        queue = self._queue
+        while queue:
+            ex, fut = queue[0]
+            if not (fut.done() if fut is not None else ex._error is not None):
+                return ex, fut
+            queue.popleft()
+        return None
+
+    @staticmethod
+    def _queue_fail(ex: Exchange, fut: asyncio.Future[WorkerHandle] | None,
+                    exc: BaseException) -> None:
+        if fut is None:
+            ex._fail(exc)
+        elif not fut.done():
+            fut.set_exception(exc)
+
+    async def _enqueue(self, ex: Exchange) -> WorkerHandle:
+        fut: asyncio.Future[WorkerHandle] = self.loop.create_future()
+        self._queue_put(ex, fut)
         start = time.monotonic()
         try:
             return await fut
@@ -394,34 +405,23 @@ class Pool:
         """
         self._queue_timer = None
         now = self.loop.time()
-        queue = self._queue
-        while queue:
-            ex, fut = queue[0]
-            if fut.done() if fut is not None else ex._error is not None:
-                queue.popleft()
-                continue
+        while (entry := self._queue_head()) is not None:
+            ex = entry[0]
             if ex.queued_until > now:
                 self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
                 return
-            queue.popleft()
-            exc = Overloaded(f"no worker available within {self.config.queue_timeout:.1f}s")
-            if fut is None:
-                ex._fail(exc)
-            else:
-                fut.set_exception(exc)
+            self._queue.popleft()
+            self._queue_fail(*entry, Overloaded(
+                f"no worker available within {self.config.queue_timeout:.1f}s"))
 
     def _dispatch_queue(self) -> None:
         """Give queued requests to workers that have room, in FIFO order."""
-        queue = self._queue
-        while queue:
-            ex, fut = queue[0]
-            if fut.done() if fut is not None else ex._error is not None:
-                queue.popleft()
-                continue
+        while (entry := self._queue_head()) is not None:
+            ex, fut = entry
             w = self._choose(ex)
             if w is None:
                 return
-            queue.popleft()
+            self._queue.popleft()
             self._assign(ex, w)
             if fut is None:
                 self._queue_wait += time.monotonic() - ex.queued_at
