@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-NATIVE := src/zeus/_native$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+NATIVE := src/zeus/_native$(EXT_SUFFIX)
+HTTPEXT := src/zeus/_http$(EXT_SUFFIX)
 # These targets are development tools and may run as root (CI does): they let zeus run root
 # workers.  Elsewhere zeus started as root refuses to unless --user or --allow-root is given.
 export ZEUS_ALLOW_ROOT ?= 1
@@ -18,12 +20,15 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-$(NATIVE): src/zeus/_native.c $(STAMP)
+# One setup.py run builds both extensions (only the stale ones); the touch marks both fresh so
+# an edit of one source does not leave the other target looking out of date forever.
+$(NATIVE) $(HTTPEXT): src/zeus/_native.c src/zeus/_http.c setup.py $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace
+	touch $(NATIVE) $(HTTPEXT)
 
-install: $(STAMP) $(NATIVE)
+install: $(STAMP) $(NATIVE) $(HTTPEXT)
 
-native: $(NATIVE)
+native: $(NATIVE) $(HTTPEXT)
 
 ## run: serve the example app on http://127.0.0.1:8000
 run: install

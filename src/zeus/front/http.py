@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from zeus._http import frame_response_head, parse_request
 from zeus.channel import Message
 from zeus.core.codec import RequestHead, ResponseHead
 from zeus.errors import ZeusError
@@ -44,14 +45,11 @@ from zeus.front.limits import HttpLimits
 from zeus.pool import Exchange, Overloaded, RequestTimeout
 
 if TYPE_CHECKING:
+    from zeus._http import ParsedRequest
     from zeus.front.server import FrontServer
 
 log = logging.getLogger("zeus.front")
 
-_HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"proxy-connection", b"upgrade", b"te",
-     b"trailer"}
-)
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _WRITE_PIECE: Final = 256 * 1024
 # A body received whole before its request is submitted goes to the worker in the pieces it
@@ -59,8 +57,6 @@ _WRITE_PIECE: Final = 256 * 1024
 _MAX_PIECES: Final = 32
 _STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
                          for s in HTTPStatus}
-# Response header names the front looks at (the rest pass through untouched).
-_FRAMING: Final = _HOP_BY_HOP | {b"content-length", b"server", b"date"}
 
 
 class _Reject(Exception):
@@ -97,7 +93,7 @@ class _Request:
     )
 
     def __init__(self) -> None:
-        self.url = bytearray()
+        self.url: bytes | bytearray = bytearray()
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
         self.method = b""
@@ -234,8 +230,32 @@ class HttpProtocol(asyncio.Protocol):
     # --------------------------------------------------------------- parsing
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
+        if self.closing or self.eof:
+            return  # eof: half-closed, or nothing more is read (see _reject and below)
+        if self.parsing is None:
+            # Between requests: ordinary complete ones are parsed in one C call each
+            # (``zeus._http.parse_request``); the first it declines -- incomplete, unusual or
+            # invalid -- and everything after it go to llhttp, which also gives the errors.
+            lim = self.limits
+            pos, n = 0, len(data)
+            while pos < n:
+                r = parse_request(data, pos, lim.max_request_line, lim.max_headers,
+                                  lim.max_header_size, lim.max_headers_total, lim.max_body)
+                if r is None:
+                    break
+                pos = r[7]
+                self._parsed(r, data)
+                if self.closing:
+                    return
+                if not r[4]:
+                    # Connection: close -- llhttp refuses data after it (a 400 for the next
+                    # request, see _reject): answer this one, read nothing more.
+                    self.eof = True
+                    return
+            if pos:
+                if pos == n:
+                    return
+                data = data[pos:]
         chunking = self.parsing  # a chunked body in progress: see below
         if chunking is not None and chunking.has_te and chunking.method:
             body_mark, chunks_mark = chunking.received, chunking.chunks
@@ -262,6 +282,25 @@ class HttpProtocol(asyncio.Protocol):
             if excess > self.limits.max_header_size:
                 self._reject(400, "too much chunk framing (chunk extensions?)")
         if self.parsing is not None and self.parsing.body_bytes > self.limits.read_high_water:
+            self._pause_reading()
+
+    def _parsed(self, r: ParsedRequest, data: bytes) -> None:
+        """A whole request parsed by ``parse_request``: what the llhttp callbacks do for one
+        (the checks of on_header and on_headers_complete hold by the parser's rules)."""
+        req = _Request()
+        (req.method, req.url, req.version, req.headers, req.keep_alive, req.content_length,
+         start, end) = r
+        if end > start:
+            body = data[start:end]
+            req.body.append(body)
+            req.body_bytes = req.received = end - start
+        req.complete = True
+        queue = self.queue
+        queue.append(req)
+        if len(queue) == 1:
+            self._disarm()
+            self._start_next()
+        elif len(queue) > self.limits.max_pipeline:
             self._pause_reading()
 
     def _refuse(self, status: int, detail: str) -> None:
@@ -489,53 +528,24 @@ class HttpProtocol(asyncio.Protocol):
             self._internal_error(a.req)
 
     def _begin(self, a: _Answer, resp: ResponseHead) -> None:
-        """The response head: what the worker sent, framed and checked for the client."""
+        """The response head: what the worker sent, framed and checked for the client.
+
+        Hop-by-hop fields are dropped (a "close" in Connection ends keep-alive), the first
+        well-formed Content-Length is kept and any other dropped (from the application, so
+        checked like a client's: two lengths, a sign, "1_0" or spaces would frame the
+        response differently for different clients), chunked framing is added when a body
+        has no length, Server and Date when the application set none (the loop in C:
+        ``frame_response_head``)."""
         req = a.req
         # A response that comes before the request's body is all in (the application did not
         # wait for it) announces the close: the rest of the body will not be read.
         keep = req.keep_alive and req.complete and not self.server.draining
         status = resp.status
-        out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
-        length: int | None = None
-        has_server = has_date = False
-        for name, value in resp.headers:
-            if name in _FRAMING:
-                if name in _HOP_BY_HOP:
-                    if name == b"connection" and b"close" in value.lower():
-                        keep = False
-                    continue
-                if name == b"content-length":
-                    # From the application, so checked like a client's: 1*DIGIT, once.  A
-                    # second or malformed one is dropped, never forwarded (two lengths, a
-                    # sign, "1_0" or spaces would frame the response differently for
-                    # different clients).
-                    if length is not None or not value.isdigit():
-                        continue
-                    length = int(value)
-                elif name == b"server":
-                    has_server = True
-                else:
-                    has_date = True
-            out.append(name + b": " + value + b"\r\n")
-        no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
-        chunked = False
-        if not no_body and length is None:
-            if req.version == "1.1":
-                chunked = True
-                out.append(b"transfer-encoding: chunked\r\n")
-            else:
-                keep = False
-        if not has_server:
-            out.append(b"server: zeus\r\n")
-        if not has_date:
-            out.append(self.server.date_header)
-        out.append(b"connection: keep-alive\r\n\r\n" if keep else b"connection: close\r\n\r\n")
-        a.resp = resp
-        a.keep = keep
-        a.length = length
-        a.no_body = no_body
-        a.chunked = chunked
-        a.pending = b"".join(out)  # the head goes out with the first body bytes
+        a.no_body = req.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
+        a.pending, a.keep, a.length, a.chunked = frame_response_head(
+            _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status, resp.headers,
+            keep, a.no_body, req.version == "1.1", self.server.date_header)
+        a.resp = resp  # the head goes out (a.pending) with the first body bytes
         self.response_started = True
 
     def _feed(self, a: _Answer, chunk: Message) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -56,9 +57,10 @@ class WorkerHandle:
         self.channel = Channel(self.region, peer_pid=self.pid, spin=SpinPolicy(max_ns=0))
         self.pump = ChannelPump(
             self.channel,
-            lambda msg: pool._on_message(self, msg),
-            lambda: pool._on_wake(self),
-            lambda exc: pool._on_pump_error(self, exc),
+            # partial, not lambda: called per message, it adds no Python frame
+            functools.partial(pool._on_message, self),
+            functools.partial(pool._on_wake, self),
+            functools.partial(pool._on_pump_error, self),
         )
         self.state = WState.STARTING
         self.capacity = cfg.concurrency
