@@ -79,6 +79,7 @@ _KINDS_MASK: Final = sum(1 << k for k in KINDS)
 _RESPONSE_HEAD: Final = int(Kind.RESPONSE_HEAD)
 _RESPONSE_BODY: Final = int(Kind.RESPONSE_BODY)
 _END: Final = int(Flag.END)
+_CLOSED: Final = int(State.CLOSED)
 
 _native.set_broken_error(PeerBrokenError)
 
@@ -366,7 +367,7 @@ class Channel:
         if self._closed:
             raise ClosedResourceError("channel is closed")
         r = self._ep.recv()
-        if r is None and self._m.load_u32(self._peer_state) == State.CLOSED:
+        if r is None and self._m.load_u32(self._peer_state) == _CLOSED:
             r = self._ep.recv()  # it may have published just before closing
             if r is None:
                 raise PeerLostError("peer closed the channel")

@@ -92,14 +92,17 @@ class _Request:
         "waiter",
     )
 
-    def __init__(self) -> None:
-        self.url: bytes | bytearray = bytearray()
-        self.headers: list[tuple[bytes, bytes]] = []
+    def __init__(self, method: bytes = b"", url: bytes | bytearray | None = None,
+                 version: str = "1.1", headers: list[tuple[bytes, bytes]] | None = None,
+                 keep_alive: bool = True, content_length: int | None = None,
+                 complete: bool = False) -> None:
+        self.url = bytearray() if url is None else url
+        self.headers = [] if headers is None else headers
         self.header_bytes = 0
-        self.method = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.content_length: int | None = None
+        self.method = method
+        self.version = version
+        self.keep_alive = keep_alive
+        self.content_length = content_length
         self.has_te = False
         self.has_host = False
         self.chunks = 0  # chunk-size lines parsed
@@ -108,7 +111,7 @@ class _Request:
         self.body: deque[bytes] = deque()
         self.body_bytes = 0  # buffered in the front now
         self.received = 0  # received in all (the body limit)
-        self.complete = False
+        self.complete = complete
         self.waiter: asyncio.Future[None] | None = None
         self.started = time.monotonic()
 
@@ -287,14 +290,11 @@ class HttpProtocol(asyncio.Protocol):
     def _parsed(self, r: ParsedRequest, data: bytes) -> None:
         """A whole request parsed by ``parse_request``: what the llhttp callbacks do for one
         (the checks of on_header and on_headers_complete hold by the parser's rules)."""
-        req = _Request()
-        (req.method, req.url, req.version, req.headers, req.keep_alive, req.content_length,
-         start, end) = r
+        method, url, version, headers, keep_alive, length, start, end = r
+        req = _Request(method, url, version, headers, keep_alive, length, True)
         if end > start:
-            body = data[start:end]
-            req.body.append(body)
+            req.body.append(data[start:end])
             req.body_bytes = req.received = end - start
-        req.complete = True
         queue = self.queue
         queue.append(req)
         if len(queue) == 1:

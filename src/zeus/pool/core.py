@@ -78,6 +78,16 @@ from zeus.supervisor.limits import CgroupMemory
 from zeus.supervisor.policy import ExitCause
 from zeus.supervisor.process import describe_exit
 
+# The hot path's enum members as plain module constants: a class attribute of an Enum costs
+# some 70 ns a look-up on Python 3.11, and these are looked up several times per request.
+_REQUEST_HEAD: Final = int(Kind.REQUEST_HEAD)
+_RESPONSE_HEAD: Final = int(Kind.RESPONSE_HEAD)
+_RESPONSE_BODY: Final = int(Kind.RESPONSE_BODY)
+_CANCEL: Final = int(Kind.CANCEL)
+_END: Final = int(Flag.END)
+_STARTING: Final = WState.STARTING
+_DRAINING: Final = WState.DRAINING
+
 log = logging.getLogger("zeus.pool")
 
 MAX_HEAD = 1 << 20  # a response head larger than this is a broken worker
@@ -296,7 +306,7 @@ class Pool:
             try:
                 head = encode_request_head(ex.head)
                 if len(head) <= pump.channel.max_chunk and pump.send_nowait(
-                    ex.id, head, Kind.REQUEST_HEAD, Flag.END
+                    ex.id, head, _REQUEST_HEAD, _END
                 ):
                     ex.ring_seq = pump.sent
                     ex.handed = True
@@ -576,11 +586,11 @@ class Pool:
         ex.deadline = 0.0
         w.requests += 1
         self._completed += 1
-        if w.retire_reason is None:
+        if w.request_limit and w.requests >= w.request_limit and w.retire_reason is None:
             reason = self.config.recycle.reason(w.requests, w.request_limit, 0.0, None)
             if reason:
                 self._retire(w, reason)
-        if w.state is WState.DRAINING and not w.in_flight:
+        if w.state is _DRAINING and not w.in_flight:
             self._stop_worker(w, w.kill_cause or ExitCause.RECYCLE, signal.SIGTERM)
         self._dispatch_queue()
 
@@ -590,7 +600,7 @@ class Pool:
         ex = w.in_flight.get(msg.id)
         if ex is None:
             if msg.id in w.abandoned:
-                if msg.end or msg.kind == Kind.CANCEL:
+                if msg.end or msg.kind == _CANCEL:
                     del w.abandoned[msg.id]
                 msg.release()
                 return
@@ -598,25 +608,25 @@ class Pool:
             self._broken(w, f"message for request {msg.id}, which it does not have")
             return
         kind = msg.kind
-        if kind == Kind.RESPONSE_HEAD:
+        if kind == _RESPONSE_HEAD:
             if ex.resp is not None:
                 msg.release()
                 self._broken(w, f"second response head for request {msg.id}")
                 return
             with msg:
+                view = msg.data
                 buf = ex._head_buf
-                if (len(buf) if buf is not None else 0) + msg.data.nbytes > MAX_HEAD:
+                if (len(buf) if buf is not None else 0) + view.nbytes > MAX_HEAD:
                     self._broken(w, "response head too large")
                     return
-                if msg.more or buf is not None:  # a head in pieces: gather them
+                data: bytes | memoryview = view
+                if buf is not None or msg.more:  # a head in pieces: gather them
                     if buf is None:
                         buf = ex._head_buf = bytearray()
-                    buf += msg.data
+                    buf += view
                     if msg.more:
                         return
-                    data: bytes | memoryview = bytes(buf)
-                else:
-                    data = msg.data
+                    data = bytes(buf)
                 try:
                     head = decode_response_head(data)
                 except PeerBrokenError as exc:
@@ -626,7 +636,7 @@ class Pool:
             ex._wake()  # Exchange.response() waits on its waiter
             if msg.end:
                 self._complete(ex, w)
-        elif kind == Kind.RESPONSE_BODY:
+        elif kind == _RESPONSE_BODY:
             if ex.resp is None:
                 msg.release()
                 self._broken(w, f"response body before head for request {msg.id}")
@@ -638,7 +648,7 @@ class Pool:
                 msg.release()
             if end:
                 self._complete(ex, w)
-        elif kind == Kind.CANCEL:
+        elif kind == _CANCEL:
             msg.release()
             del w.in_flight[ex.id]
             ex._fail(ResponseAborted(f"worker {w.pid} aborted the response"))
@@ -676,7 +686,7 @@ class Pool:
     def _on_wake(self, w: WorkerHandle) -> None:
         if self._touched:  # the end of a drain: the front answers this batch now
             self._flush()
-        if w.state is WState.STARTING and w.region.memory.load_u32(Word.WORKER_STATE) == State.OPEN:
+        if w.state is _STARTING and w.region.memory.load_u32(Word.WORKER_STATE) == State.OPEN:
             w.state = WState.READY
             w.ready_at = time.monotonic()
             self.config.restart.ready()

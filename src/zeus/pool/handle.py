@@ -7,7 +7,7 @@ import enum
 import functools
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from zeus.aiochannel import ChannelPump
 from zeus.channel import Channel
@@ -32,6 +32,9 @@ class WState(enum.Enum):
     DRAINING = "draining"  # takes no new requests; stopped once idle
     STOPPING = "stopping"  # signalled; waiting for it to exit
     DEAD = "dead"
+
+
+_READY: Final = WState.READY  # a module constant: an Enum class attribute is slow to look up
 
 
 class WorkerHandle:
@@ -86,10 +89,10 @@ class WorkerHandle:
     @property
     def accepting(self) -> bool:
         """Whether the balancer may give this worker a new request."""
-        if self.state is not WState.READY or self.gone:
+        if self.state is not _READY or self.gone:
             return False
         rep = self.replacement
-        return self.retire_reason is None or rep is None or rep.state is not WState.READY
+        return self.retire_reason is None or rep is None or rep.state is not _READY
 
     @property
     def load(self) -> int:
