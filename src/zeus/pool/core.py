@@ -476,7 +476,8 @@ class Pool:
                      if ex.deadline), default=0.0)
         if not first:
             return
-        timer = self._deadline_timer  # _timed_out's retries may have armed one, later
+        # _timed_out's retries may have armed one, later
+        timer: asyncio.TimerHandle | None = self._deadline_timer
         if timer is None or self._deadline_at > first:
             if timer is not None:
                 timer.cancel()
