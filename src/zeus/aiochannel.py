@@ -52,6 +52,9 @@ class ChannelPump:
         if bell is None:
             raise ValueError("this side of the region has no doorbell")
         self.channel: Final = channel
+        # The C end itself: the per-message calls (recv, send) skip the blocking end's Python
+        # wrappers, with their checks done here (this module is compiled, channel.py is not).
+        self._ep: Final = channel._ep
         self._bell = bell
         self._on_message = on_message
         self._on_wake = on_wake
@@ -97,8 +100,16 @@ class ChannelPump:
             ch.finish_sleep()
         self.drains += 1
         on_message = self._on_message
+        ep = self._ep
         try:
-            while (msg := ch.recv_ready()) is not None:
+            while True:
+                if ch._closed:
+                    raise ClosedResourceError("channel is closed")
+                msg = ep.recv()
+                if msg is None:
+                    msg = ch.recv_ready()  # once per drain: is the peer gone?
+                    if msg is None:
+                        break
                 on_message(msg)
         except (ZeusError, ValueError) as exc:
             self.fail(exc)
@@ -163,9 +174,12 @@ class ChannelPump:
     def send_nowait(self, msg_id: int, data: bytes | memoryview, kind: int, flags: int = 0) -> bool:
         """Send one small message if there is room now; False if not."""
         self._check()
-        try:
-            self.channel.send_nowait(msg_id, data, kind, flags)
-        except WouldBlock:
+        ch = self.channel
+        if len(data) > ch.max_chunk:  # Channel.send_nowait's checks, without its frame
+            raise ValueError(f"{len(data)} bytes exceed max_chunk {ch.max_chunk}; use send()")
+        if ch._closed:
+            raise ClosedResourceError("channel is closed")
+        if not self._ep.send(msg_id, kind, flags, data):
             return False
         self.sent += 1
         if not self._wake_due:

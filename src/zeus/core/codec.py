@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from zeus.errors import PeerBrokenError
@@ -52,21 +52,35 @@ _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestHead:
     """What the front knows of a request when it hands it to a worker.
 
     Not frozen, though nothing changes one once made: a frozen dataclass's ``__init__`` costs
     four times as much (``object.__setattr__`` per field), and the front makes one per request.
+    The ``__init__`` is written out (the dataclass's generated one would run interpreted where
+    this module is compiled: setup.py).
     """
 
     method: bytes
     target: bytes
-    headers: Headers = field(default_factory=list)
-    http_version: bytes = b"1.1"
-    scheme: str = "http"
-    client: tuple[str, int] | None = None
-    server: tuple[str, int] | None = None
+    headers: Headers
+    http_version: bytes
+    scheme: str
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
+
+    def __init__(self, method: bytes, target: bytes, headers: Headers | None = None,
+                 http_version: bytes = b"1.1", scheme: str = "http",
+                 client: tuple[str, int] | None = None,
+                 server: tuple[str, int] | None = None) -> None:
+        self.method = method
+        self.target = target
+        self.headers = [] if headers is None else headers
+        self.http_version = http_version
+        self.scheme = scheme
+        self.client = client
+        self.server = server
 
     @property
     def path(self) -> bytes:
@@ -80,13 +94,17 @@ class RequestHead:
         return parts[1] if len(parts) == 2 else b""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ResponseHead:
-    """Status and headers of a response, as the worker hands them back (not frozen: see
-    RequestHead)."""
+    """Status and headers of a response, as the worker hands them back (not frozen, and its
+    ``__init__`` written out: see RequestHead)."""
 
     status: int
-    headers: Headers = field(default_factory=list)
+    headers: Headers
+
+    def __init__(self, status: int, headers: Headers | None = None) -> None:
+        self.status = status
+        self.headers = [] if headers is None else headers
 
 
 def _put(out: bytearray, prefix: struct.Struct, value: bytes) -> None:
