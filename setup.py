@@ -22,6 +22,8 @@ CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"]
 COMPILED = [
     "src/zeus/front/http.py",
     "src/zeus/front/metrics.py",
+    "src/zeus/front/limits.py",
+    "src/zeus/pool/config.py",
     "src/zeus/pool/core.py",
     "src/zeus/pool/exchange.py",
     "src/zeus/pool/handle.py",
