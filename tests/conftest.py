@@ -2,7 +2,8 @@
 
 setup.py compiles the modules of its COMPILED list with mypyc; Python imports a compiled
 module in preference to its ``.py``.  A module edited since the last build would be tested in
-its old, compiled form: the suite refuses to run then (``make native`` rebuilds).
+its old, compiled form, and one dropped from the list would still be imported compiled: the
+suite refuses to run in either case.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def pytest_report_header() -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    wanted = {ROOT / "src" / (n.replace(".", "/") + ".py") for n in compiled_modules()}
+    for built in (ROOT / "src" / "zeus").rglob("*.cpython-*.so"):
+        source = built.with_name(built.name.split(".", 1)[0] + ".py")
+        if source.exists() and source not in wanted:  # dropped from COMPILED, still shadowing
+            pytest.exit(f"{built.relative_to(ROOT)} is not in setup.py's COMPILED list but "
+                        f"would be imported instead of {source.name}: delete it", returncode=2)
     for name in compiled_modules():
         source = ROOT / "src" / (name.replace(".", "/") + ".py")
         for built in source.parent.glob(source.stem + ".cpython-*.so"):
