@@ -135,6 +135,12 @@ def response_headers(headers: Iterable[tuple[object, object]], *, str_only: bool
     return _native.response_headers(headers, str_only)
 
 
+# The two C codec functions the front calls per request, as they are: a compiled caller
+# (zeus.pool.core) reaches them without a frame of this interpreted module.
+encode_request_fields: Final = _native.encode_request_head
+decode_response_fields: Final = _native.decode_response_head
+
+
 def decode_response_head(buf: bytes | memoryview) -> ResponseHead:
     """``zeus.core.codec.decode_response_head`` -- same checks, same errors -- in C (the
     front decodes every response head a worker sends, and a worker may be hostile)."""
