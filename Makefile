@@ -95,4 +95,5 @@ scaleout: install
 	$(BIN)/python scripts/scaleout.py $(SCALEOUT_ARGS)
 
 clean:
-	rm -rf $(VENV) build site src/*.egg-info src/zeus/*.so .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find src -name '*.so' -delete  # the C extensions and the mypyc-compiled modules
