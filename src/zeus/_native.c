@@ -1741,15 +1741,11 @@ out_headers(OutBuf *o, PyObject *seq)
     return 0;
 }
 
-/* encode_request_head(method, target, headers, http_version, https, client_host,
-   client_port, server_host, server_port) -> bytes (codec.encode_request_head's layout). */
+/* The head's fields (method, target, headers, http_version, https, client_host, client_port,
+   server_host, server_port) -> bytes (codec.encode_request_head's layout). */
 static PyObject *
-native_encode_request_head(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+encode_request_fields(PyObject *const *args)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "encode_request_head takes 9 arguments");
-        return NULL;
-    }
     PyObject *seq = PySequence_Fast(args[2], "headers must be a sequence");
     if (!seq)
         return NULL;
@@ -1781,6 +1777,52 @@ native_encode_request_head(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssi
 out:
     PyMem_Free(o.buf);
     Py_DECREF(seq);
+    return res;
+}
+
+/* A (host, port) pair or None into out[0], out[1] (new references; None and 0 for None). */
+static int
+host_port(PyObject *pair, const char *what, PyObject **out)
+{
+    if (pair == Py_None) {
+        out[0] = Py_NewRef(Py_None);
+        out[1] = PyLong_FromLong(0);
+        return out[1] ? 0 : -1;
+    }
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a (host, port) tuple or None", what);
+        return -1;
+    }
+    out[0] = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+    out[1] = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+    return 0;
+}
+
+/* encode_request_head(head) -> bytes: a zeus.core.codec.RequestHead (or anything with its
+   attributes) in codec.encode_request_head's layout, its fields read here, in one call. */
+static PyObject *
+native_encode_request_head(PyObject *Py_UNUSED(m), PyObject *head)
+{
+    static const char *const names[] = {"method", "target", "headers", "http_version"};
+    PyObject *f[9] = {NULL}, *scheme = NULL, *client = NULL, *server = NULL, *res = NULL;
+    for (int i = 0; i < 4; i++)
+        if (!(f[i] = PyObject_GetAttrString(head, names[i])))
+            goto out;
+    if (!(scheme = PyObject_GetAttrString(head, "scheme")) ||
+        !(client = PyObject_GetAttrString(head, "client")) ||
+        !(server = PyObject_GetAttrString(head, "server")))
+        goto out;
+    f[4] = Py_NewRef(PyUnicode_Check(scheme) &&
+                     PyUnicode_CompareWithASCIIString(scheme, "https") == 0 ? Py_True : Py_False);
+    if (host_port(client, "client", &f[5]) < 0 || host_port(server, "server", &f[7]) < 0)
+        goto out;
+    res = encode_request_fields(f);
+out:
+    for (int i = 0; i < 9; i++)
+        Py_XDECREF(f[i]);
+    Py_XDECREF(scheme);
+    Py_XDECREF(client);
+    Py_XDECREF(server);
     return res;
 }
 
@@ -2327,8 +2369,8 @@ out:
 /* ---- end of the worker's response fast path ---- */
 
 static PyMethodDef module_methods[] = {
-    {"encode_request_head", (PyCFunction)(void (*)(void))native_encode_request_head,
-     METH_FASTCALL, "Serialise a request head (zeus.core.codec layout)."},
+    {"encode_request_head", native_encode_request_head, METH_O,
+     "Serialise a request head (zeus.core.codec layout) from a RequestHead."},
     {"encode_response_head", (PyCFunction)(void (*)(void))native_encode_response_head,
      METH_FASTCALL, "Serialise a response head (zeus.core.codec layout)."},
     {"decode_response_head", native_decode_response_head, METH_O,

@@ -84,14 +84,9 @@ _CLOSED: Final = int(State.CLOSED)
 _native.set_broken_error(PeerBrokenError)
 
 
-def encode_request_head(head: RequestHead) -> bytes:
-    """``zeus.core.codec.encode_request_head`` in one native call (the front, per request)."""
-    client_host, client_port = head.client or (None, 0)
-    server_host, server_port = head.server or (None, 0)
-    return _native.encode_request_head(
-        head.method, head.target, head.headers, head.http_version, head.scheme == "https",
-        client_host, client_port, server_host, server_port,
-    )
+# ``zeus.core.codec.encode_request_head`` in one native call (the front, per request): the C
+# function itself, which reads the head's fields, so a compiled caller spends no frame here.
+encode_request_head: Final = _native.encode_request_head
 
 
 def decode_request_head(buf: bytes | memoryview) -> RequestHead:
@@ -135,9 +130,8 @@ def response_headers(headers: Iterable[tuple[object, object]], *, str_only: bool
     return _native.response_headers(headers, str_only)
 
 
-# The two C codec functions the front calls per request, as they are: a compiled caller
-# (zeus.pool.core) reaches them without a frame of this interpreted module.
-encode_request_fields: Final = _native.encode_request_head
+# The response-head decoder as it is, (status, headers): a compiled caller (zeus.pool.core)
+# builds the ResponseHead itself, without a frame of this interpreted module.
 decode_response_fields: Final = _native.decode_response_head
 
 

@@ -4,6 +4,8 @@ the executable specification: same bytes out, same heads back, same refusals."""
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -84,3 +86,20 @@ def test_truncated_request_heads_are_refused_like_the_specification() -> None:
     for n in range(len(data)):
         assert _outcome(native.decode_request_head, data[:n]) == _outcome(
             codec.decode_request_head, data[:n])
+
+
+def test_request_head_encoder_refuses_a_malformed_head() -> None:
+    """The C encoder reads the head's fields itself: a bad one is an error, not a crash (a
+    namespace stands in for the head: a compiled RequestHead would refuse these fields)."""
+    encode: Any = native.encode_request_head  # takes anything with a head's attributes
+    good: dict[str, object] = {"method": b"GET", "target": b"/", "headers": [],
+                               "http_version": b"1.1", "scheme": "http", "client": None,
+                               "server": None}
+    expected = codec.encode_request_head(codec.RequestHead(b"GET", b"/"))
+    assert encode(SimpleNamespace(**good)) == expected
+    with pytest.raises(TypeError, match="client"):
+        encode(SimpleNamespace(**{**good, "client": ("h", 1, 2)}))
+    with pytest.raises(TypeError):
+        encode(SimpleNamespace(**{**good, "headers": [(b"a",)]}))
+    with pytest.raises(AttributeError):
+        encode(object())
