@@ -52,6 +52,13 @@
 #define CPU_RELAX() atomic_signal_fence(memory_order_seq_cst)
 #endif
 
+/* RequestHead's attribute names and "release", interned once at import (PyInit__native):
+   a per-call PyObject_GetAttrString would build and hash a new str every time. */
+static const char *const head_name_strs[] = {"method", "target", "headers", "http_version",
+                                             "scheme", "client", "server"};
+static PyObject *head_names[7];
+static PyObject *str_release;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
@@ -1262,7 +1269,7 @@ Message_release(Message *self, PyObject *Py_UNUSED(ignored))
     if (token >= 0) {
         self->token = -1;
         /* Make the view unusable; if the application exported it, it must not use it. */
-        PyObject *r = PyObject_CallMethod(self->data, "release", NULL);
+        PyObject *r = PyObject_CallMethodNoArgs(self->data, str_release);
         if (r)
             Py_DECREF(r);
         else
@@ -1803,14 +1810,13 @@ host_port(PyObject *pair, const char *what, PyObject **out)
 static PyObject *
 native_encode_request_head(PyObject *Py_UNUSED(m), PyObject *head)
 {
-    static const char *const names[] = {"method", "target", "headers", "http_version"};
     PyObject *f[9] = {NULL}, *scheme = NULL, *client = NULL, *server = NULL, *res = NULL;
     for (int i = 0; i < 4; i++)
-        if (!(f[i] = PyObject_GetAttrString(head, names[i])))
+        if (!(f[i] = PyObject_GetAttr(head, head_names[i])))
             goto out;
-    if (!(scheme = PyObject_GetAttrString(head, "scheme")) ||
-        !(client = PyObject_GetAttrString(head, "client")) ||
-        !(server = PyObject_GetAttrString(head, "server")))
+    if (!(scheme = PyObject_GetAttr(head, head_names[4])) ||
+        !(client = PyObject_GetAttr(head, head_names[5])) ||
+        !(server = PyObject_GetAttr(head, head_names[6])))
         goto out;
     f[4] = Py_NewRef(PyUnicode_Check(scheme) &&
                      PyUnicode_CompareWithASCIIString(scheme, "https") == 0 ? Py_True : Py_False);
@@ -2400,6 +2406,11 @@ static struct PyModuleDef native_module = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
+    for (int i = 0; i < 7; i++)
+        if (!head_names[i] && !(head_names[i] = PyUnicode_InternFromString(head_name_strs[i])))
+            return NULL;
+    if (!str_release && !(str_release = PyUnicode_InternFromString("release")))
+        return NULL;
     if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&EndpointType) < 0 ||
         PyType_Ready(&MessageType) < 0)
         return NULL;

@@ -78,8 +78,11 @@ class ChannelPump:
     # ------------------------------------------------------------ the pump
 
     def _on_bell(self) -> None:
-        with contextlib.suppress(BlockingIOError):
+        # try/except, not contextlib.suppress: that is an interpreted object and two calls.
+        try:  # noqa: SIM105
             os.eventfd_read(self._bell)
+        except BlockingIOError:
+            pass
         self._drain()
 
     def _schedule(self) -> None:
@@ -203,9 +206,11 @@ class ChannelPump:
 
     def _flush_wakes(self) -> None:
         self._wake_due = False
-        if not self._closed:
-            with contextlib.suppress(ValueError):  # the mapping went with the channel
-                self.channel.flush_wakes()
+        if not self._closed and not self.channel._closed:
+            try:  # noqa: SIM105 (as in _on_bell)
+                self._ep.flush_wakes()  # Channel.flush_wakes without its interpreted frame
+            except ValueError:  # the mapping went with the channel
+                pass
 
     async def wait_space(self) -> None:
         """Wait until the worker has made progress (consumed messages or released space)."""

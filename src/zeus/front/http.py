@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from time import monotonic
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -46,6 +46,9 @@ from zeus.pool import Exchange, Overloaded, RequestTimeout
 
 if TYPE_CHECKING:
     from zeus._http import ParsedRequest
+    from zeus.front.accesslog import AccessLog
+    from zeus.front.health import Health
+    from zeus.front.metrics import FrontMetrics
     from zeus.front.server import FrontServer
 
 log = logging.getLogger("zeus.front")
@@ -113,7 +116,7 @@ class _Request:
         self.received = 0  # received in all (the body limit)
         self.complete = complete
         self.waiter: asyncio.Future[None] | None = None
-        self.started = time.monotonic()
+        self.started = monotonic()
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -150,6 +153,11 @@ class HttpProtocol(asyncio.Protocol):
         self.server = server
         self.pool = server.pool
         self.limits: HttpLimits = server.limits
+        # The server's fixed parts, read here once: FrontServer is interpreted, and each look
+        # at its attributes from this compiled module is a dictionary look-up.
+        self.metrics: FrontMetrics = server.metrics
+        self.access_log: AccessLog | None = server.access_log
+        self.health: Health | None = server.health if server.health.on_app_bind else None
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -166,7 +174,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
-        self.exchange_cancel: Callable[[], None] | None = None
+        self.exchange: Exchange | None = None  # the one being answered (to cancel it)
         self.requests = 0
         self.rejected: _Reject | None = None  # httptools wraps what callbacks raise
         self.response_started = False
@@ -193,9 +201,9 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         self.server.connections.discard(self)
         self._disarm()
-        if self.exchange_cancel is not None:
-            self.exchange_cancel()
-            self.exchange_cancel = None
+        if self.exchange is not None:
+            self.exchange.cancel()
+            self.exchange = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.answer is not None:
@@ -207,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.server.metrics.client_pauses += 1  # back-pressure from a slow client
+        self.metrics.client_pauses += 1  # back-pressure from a slow client
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -427,8 +435,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         req = self.queue[0]
         try:
-            health = self.server.health
-            if health.on_app_bind:  # --health-path / --ready-path: the front answers
+            health = self.health
+            if health is not None:  # --health-path / --ready-path: the front answers
                 probed = health.answer(self.transport, req.method, req.url, req.keep_alive)
                 if probed is not None:
                     self._done(req, probed)
@@ -453,7 +461,7 @@ class HttpProtocol(asyncio.Protocol):
             pieces = req.body
             body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
             pieces.clear()
-            started = time.monotonic()
+            started = monotonic()
             try:
                 ex = self.pool.dispatch(head, body, self._on_exchange)
             except Overloaded as exc:
@@ -467,7 +475,7 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _stream(self, req: _Request, head: RequestHead) -> None:
         """Submit a request whose body is still arriving, and forward the body as it comes."""
-        started = time.monotonic()
+        started = monotonic()
         try:
             ex = await self.pool.submit(head, streaming=True)
             if req.expect_continue and not req.body_bytes and self.transport is not None:
@@ -489,7 +497,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _attach(self, req: _Request, ex: Exchange, started: float,
                 forward: asyncio.Task[None] | None) -> None:
-        self.exchange_cancel = ex.cancel
+        self.exchange = ex
         self.answer = _Answer(req, ex, started, forward)
         ex.notify = self._on_exchange
         if ex.touched or ex.finished or ex._error is not None or ex.resp is not None:
@@ -640,9 +648,9 @@ class HttpProtocol(asyncio.Protocol):
     def _internal_error(self, req: _Request) -> None:
         """A bug of ours while answering ``req``: log it, answer 500 and close."""
         log.exception("internal error answering %s", req.method.decode("latin-1"))
-        if self.exchange_cancel is not None:
-            self.exchange_cancel()
-            self.exchange_cancel = None
+        if self.exchange is not None:
+            self.exchange.cancel()
+            self.exchange = None
         if self.answer is not None and self.answer.forward is not None:
             self.answer.forward.cancel()
         self.answer = None
@@ -653,7 +661,7 @@ class HttpProtocol(asyncio.Protocol):
     def _end(self, a: _Answer, keep: bool) -> None:
         if self.answer is a:
             self.answer = None
-            self.exchange_cancel = None
+            self.exchange = None
         self._done(a.req, keep)
 
     def _done(self, req: _Request, keep: bool) -> None:
@@ -753,14 +761,14 @@ class HttpProtocol(asyncio.Protocol):
     def _access(self, req: _Request, status: int, sent: int, started: float,
                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Count an answered request in the metrics and, when on, the access log."""
-        self.server.metrics.observe(req.method, status, sent, started)
-        if self.server.access_log is not None:  # off: this test is all it costs
+        self.metrics.observe(req.method, status, sent, started)
+        if self.access_log is not None:  # off: this test is all it costs
             self._log_access(req, status, sent, headers)
 
     def _log_access(self, req: _Request, status: int, sent: int,
                     headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """The access log line of ``req`` (front/accesslog.py), if the access log is on."""
-        access = self.server.access_log
+        access = self.access_log
         if access is not None:
             access.log(req, self.client[0] if self.client else "-", status, sent, headers)
 
@@ -794,9 +802,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _abandon_current(self, status: int = 400, detail: str = "") -> None:
         """Cancel the request being answered (its body cannot complete) and close."""
-        if self.exchange_cancel is not None:
-            self.exchange_cancel()
-            self.exchange_cancel = None
+        if self.exchange is not None:
+            self.exchange.cancel()
+            self.exchange = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.answer is not None:
@@ -824,9 +832,9 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self) -> None:
-        if self.exchange_cancel is not None:  # the client is gone: so is its request
-            self.exchange_cancel()
-            self.exchange_cancel = None
+        if self.exchange is not None:  # the client is gone: so is its request
+            self.exchange.cancel()
+            self.exchange = None
         if self.transport is not None:
             self.closing = True
             self._disarm()

@@ -614,7 +614,7 @@ class Pool:
                 msg.release()
                 self._broken(w, f"second response head for request {msg.id}")
                 return
-            with msg:
+            try:  # (not ``with msg``: two method look-ups by name where one call does)
                 view = msg.data
                 buf = ex._head_buf
                 if (len(buf) if buf is not None else 0) + view.nbytes > MAX_HEAD:
@@ -633,6 +633,8 @@ class Pool:
                 except PeerBrokenError as exc:
                     self._broken(w, str(exc))
                     return
+            finally:
+                msg.release()
             ex.resp = ResponseHead(status, headers)
             ex._wake()  # Exchange.response() waits on its waiter
             if msg.end:
