@@ -55,6 +55,7 @@ class ChannelPump:
         # The C end itself: the per-message calls (recv, send) skip the blocking end's Python
         # wrappers, with their checks done here (this module is compiled, channel.py is not).
         self._ep: Final = channel._ep
+        self._send: Final = channel._ep.send  # bound once (see _drain)
         self._bell = bell
         self._on_message = on_message
         self._on_wake = on_wake
@@ -103,12 +104,12 @@ class ChannelPump:
             ch.finish_sleep()
         self.drains += 1
         on_message = self._on_message
-        ep = self._ep
+        recv = self._ep.recv  # bound once a drain: a method call by name looks it up each time
         try:
             while True:
                 if ch._closed:
                     raise ClosedResourceError("channel is closed")
-                msg = ep.recv()
+                msg = recv()
                 if msg is None:
                     msg = ch.recv_ready()  # once per drain: is the peer gone?
                     if msg is None:
@@ -182,7 +183,7 @@ class ChannelPump:
             raise ValueError(f"{len(data)} bytes exceed max_chunk {ch.max_chunk}; use send()")
         if ch._closed:
             raise ClosedResourceError("channel is closed")
-        if not self._ep.send(msg_id, kind, flags, data):
+        if not self._send(msg_id, kind, flags, data):
             return False
         self.sent += 1
         if not self._wake_due:

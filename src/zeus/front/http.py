@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from os import writev
 from time import monotonic
 from typing import TYPE_CHECKING, Final, cast
 
@@ -307,7 +307,7 @@ class HttpProtocol(asyncio.Protocol):
         queue.append(req)
         if len(queue) == 1:
             self._disarm()
-            self._start_next()
+            self._start_next(req.started)
         elif len(queue) > self.limits.max_pipeline:
             self._pause_reading()
 
@@ -430,7 +430,9 @@ class HttpProtocol(asyncio.Protocol):
     # and the response is written from there.  Only a body still streaming in needs a task
     # (``_stream``), until its exchange exists; then it is answered the same way.
 
-    def _start_next(self) -> None:
+    def _start_next(self, now: float = 0.0) -> None:
+        """Answer the request at the head of the queue; ``now``: monotonic() if the caller
+        has just read it (a request parsed this instant), so the clock is read once."""
         if self.closing or not self.queue:
             return
         req = self.queue[0]
@@ -461,7 +463,7 @@ class HttpProtocol(asyncio.Protocol):
             pieces = req.body
             body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
             pieces.clear()
-            started = monotonic()
+            started = now or monotonic()
             try:
                 ex = self.pool.dispatch(head, body, self._on_exchange)
             except Overloaded as exc:
@@ -524,7 +526,7 @@ class HttpProtocol(asyncio.Protocol):
             while chunks and not self.write_paused:
                 chunk = chunks[0]
                 if self._feed(a, chunk):
-                    chunks.popleft()
+                    chunks.pop(0)
                     chunk.release()  # safe: _send never leaves arena bytes queued
                 if self.closing:
                     return  # aborted: the exchange was cancelled, its chunks released
@@ -702,7 +704,7 @@ class HttpProtocol(asyncio.Protocol):
         sent = 0
         if self.fd >= 0 and transport.get_write_buffer_size() == 0:
             try:
-                sent = os.writev(self.fd, parts)
+                sent = writev(self.fd, parts)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:

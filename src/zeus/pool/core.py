@@ -45,9 +45,9 @@ import os
 import random
 import signal
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from time import monotonic
 from typing import Any, Final
 
 from zeus.channel import Message, decode_response_fields, encode_request_head
@@ -94,6 +94,11 @@ MAX_HEAD = 1 << 20  # a response head larger than this is a broken worker
 CLOSED_GRACE = 1.0  # seconds a worker that closed its channel has to exit before SIGKILL
 
 
+def time_not_started() -> float:
+    """``Pool._now`` before ``start()``: there is no loop yet."""
+    raise RuntimeError("the pool is not started")
+
+
 class Pool:
     """Worker processes behind shared-memory channels; see the module docstring."""
 
@@ -123,6 +128,7 @@ class Pool:
         self._ticker: asyncio.Task[None] | None = None
         self._cgroup: CgroupMemory | None = None
         self._completed = 0
+        self._last_id = 0  # request IDs: never reused (the worker relies on it)
         self._queue_wait = 0.0
         self._queue_waits = 0
         self._space_waits = 0  # of the workers gone (a live worker's count is in its pump)
@@ -132,6 +138,9 @@ class Pool:
         self.hooks = hooks or Hooks()  # pre_spawn, worker_ready, worker_exit (zeus/hooks.py)
         self._exit_detail: dict[int, str] = {}  # worker index -> why it was killed, for the log
         self.loop: asyncio.AbstractEventLoop  # the running loop, set by start()
+        # Its ``time`` method, bound once: called several times per request, and a method
+        # call by name from compiled code looks the method up every time.
+        self._now: Callable[[], float] = time_not_started
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,6 +151,7 @@ class Pool:
         """
         self.pid = os.getpid()
         loop = self.loop = asyncio.get_running_loop()
+        self._now = loop.time
         self._halted = loop.create_future()
         self._ready_event = asyncio.Event()
         if self.config.limits.memory:
@@ -183,7 +193,7 @@ class Pool:
         timeout = self.config.graceful_timeout if timeout is None else timeout
         while self._queue:
             self._queue_fail(*self._queue.popleft(), Overloaded("server is shutting down"))
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         if graceful:
             await self._wait_until(lambda: not any(w.in_flight for w in self._workers), deadline)
         for w in list(self._workers):
@@ -194,10 +204,10 @@ class Pool:
                 continue
             self._stop_worker(w, ExitCause.STOPPED, signal.SIGTERM if graceful else signal.SIGINT)
         await self._wait_until(lambda: not self._workers, deadline if graceful else
-                               time.monotonic() + min(timeout, 5.0))
+                               monotonic() + min(timeout, 5.0))
         for w in list(self._workers):
             w.process.send_signal(signal.SIGKILL)
-        await self._wait_until(lambda: not self._workers, time.monotonic() + 5.0)
+        await self._wait_until(lambda: not self._workers, monotonic() + 5.0)
         for w in list(self._workers):  # unkillable (D state): reap what we can, free the rest
             self._on_exit(w)
         if self._deadline_timer is not None:
@@ -211,7 +221,7 @@ class Pool:
 
     async def _wait_until(self, predicate: Callable[[], bool], deadline: float) -> None:
         while not predicate():
-            left = deadline - time.monotonic()
+            left = deadline - monotonic()
             if left <= 0:
                 return
             await asyncio.sleep(min(0.02, left))
@@ -265,7 +275,7 @@ class Pool:
             pieces = (body,) if body else ()
         else:
             pieces = body
-        ex = Exchange(self, head, pieces)
+        ex = Exchange(self, self._new_id(), head, pieces)
         worker = self._pick(ex)
         if worker is None:
             worker = await self._enqueue(ex)
@@ -273,6 +283,10 @@ class Pool:
             self._assign(ex, worker)
         await self._send_request(ex, worker, streaming)
         return ex
+
+    def _new_id(self) -> int:
+        self._last_id += 1
+        return self._last_id
 
     def dispatch(self, head: RequestHead, body: Sequence[bytes], notify: Callable[[], None]
               ) -> Exchange:
@@ -287,11 +301,11 @@ class Pool:
         """
         if self._stopping or not self._running:
             raise Overloaded("server is shutting down")
-        ex = Exchange(self, head, body)
+        ex = Exchange(self, self._new_id(), head, body)
         ex.notify = notify
         worker = self._pick(ex)
         if worker is None:
-            ex.queued_at = time.monotonic()
+            ex.queued_at = monotonic()
             self._queue_put(ex, None)
             return ex
         self._assign(ex, worker)
@@ -374,7 +388,7 @@ class Pool:
         """Queue ``ex`` (Overloaded if the queue is full); its wait ends at queue_timeout."""
         if len(self._queue) >= self.config.queue_size:
             raise Overloaded(f"request queue full ({self.config.queue_size})")
-        ex.queued_until = self.loop.time() + self.config.queue_timeout
+        ex.queued_until = self._now() + self.config.queue_timeout
         self._queue.append((ex, fut))
         if self._queue_timer is None:
             self._queue_timer = self.loop.call_at(ex.queued_until, self._expire_queue)
@@ -400,11 +414,11 @@ class Pool:
     async def _enqueue(self, ex: Exchange) -> WorkerHandle:
         fut: asyncio.Future[WorkerHandle] = self.loop.create_future()
         self._queue_put(ex, fut)
-        start = time.monotonic()
+        start = monotonic()
         try:
             return await fut
         finally:
-            self._queue_wait += time.monotonic() - start
+            self._queue_wait += monotonic() - start
             self._queue_waits += 1
 
     def _expire_queue(self) -> None:
@@ -414,7 +428,7 @@ class Pool:
         FIFO order: same timeout, increasing start), instead of a timer per queued request.
         """
         self._queue_timer = None
-        now = self.loop.time()
+        now = self._now()
         while (entry := self._queue_head()) is not None:
             ex = entry[0]
             if ex.queued_until > now:
@@ -434,7 +448,7 @@ class Pool:
             self._queue.popleft()
             self._assign(ex, w)
             if fut is None:
-                self._queue_wait += time.monotonic() - ex.queued_at
+                self._queue_wait += monotonic() - ex.queued_at
                 self._queue_waits += 1
                 self._send_now(ex, w)
             else:
@@ -443,7 +457,7 @@ class Pool:
     def _assign(self, ex: Exchange, w: WorkerHandle) -> None:
         ex.worker = w
         w.in_flight[ex.id] = ex
-        ex.assigned_at = now = self.loop.time()
+        ex.assigned_at = now = self._now()
         if self.config.timeout > 0:
             ex.deadline = deadline = now + self.config.timeout
             if self._deadline_timer is None:
@@ -459,7 +473,7 @@ class Pool:
     def _check_deadlines(self) -> None:
         """Time out every request past its deadline; re-arm for the next one."""
         self._deadline_timer = None
-        now = self.loop.time()
+        now = self._now()
         expired: list[Exchange] = []
         for w in self._workers:  # all of them (it fires about once per timeout): no order
             for ex in w.in_flight.values():  # is assumed, so none can be missed and re-fire
@@ -676,7 +690,7 @@ class Pool:
         a request queued in a ring behind others then waits about that long at most (fast
         requests: deep rings, a batch per wake-up; slow ones: the minimum).
         """
-        now = self.loop.time()
+        now = self._now()
         start = ex.assigned_at if ex.assigned_at > w.last_done else w.last_done
         w.last_done = now
         sample = now - start
@@ -691,7 +705,7 @@ class Pool:
             self._flush()
         if w.state is _STARTING and w.region.memory.load_u32(Word.WORKER_STATE) == State.OPEN:
             w.state = WState.READY
-            w.ready_at = time.monotonic()
+            w.ready_at = monotonic()
             self.config.restart.ready()
             log.info("worker %d (pid %d) ready", w.index, w.pid)
             assert self._ready_event is not None
@@ -854,7 +868,7 @@ class Pool:
             self._retry(ex)
         self.hooks.worker_exit(WorkerInfo(w.index, w.generation, w.pid),
                                ExitInfo(rc, status, cause.value, detail))
-        decision = self.config.restart.exited(time.monotonic(), w.process.age, cause, was_ready,
+        decision = self.config.restart.exited(monotonic(), w.process.age, cause, was_ready,
                                               w.requests)
         if decision.halt:
             log.critical("worker %d failed to boot (%s): giving up", w.index, status)
@@ -956,7 +970,7 @@ class Pool:
         cfg = self.config
         while True:
             await asyncio.sleep(cfg.tick)
-            now = time.monotonic()
+            now = monotonic()
             for w in list(self._workers):
                 if w.state is WState.STARTING and w.process.age > cfg.boot_timeout:
                     log.error("worker %d (pid %d) did not become ready in %.0fs", w.index, w.pid,

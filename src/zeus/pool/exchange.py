@@ -7,8 +7,6 @@ Overloaded into 503.
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -47,9 +45,6 @@ class ResponseAborted(ZeusError):
     """The worker abandoned a response after starting it (the application failed midway)."""
 
 
-_ids = itertools.count(1)
-
-
 class Exchange:
     """One request handed to the pool; its response comes back through here."""
 
@@ -57,8 +52,9 @@ class Exchange:
                  "finished", "handed", "head", "id", "notify", "queued_at", "queued_until",
                  "replay", "resend", "resp", "ring_seq", "touched", "worker")
 
-    def __init__(self, pool: Pool, head: RequestHead, replay: Sequence[bytes] | None) -> None:
-        self.id: Final = next(_ids)
+    def __init__(self, pool: Pool, request_id: int, head: RequestHead,
+                 replay: Sequence[bytes] | None) -> None:
+        self.id: Final = request_id  # from the pool: unique, never reused
         self._pool = pool
         self.head = head
         # The whole body when known up front, in the pieces it arrived in (lets a retry happen)
@@ -69,7 +65,7 @@ class Exchange:
         self.resend = False  # its worker died before taking it while it was being sent
         self.resp: ResponseHead | None = None  # the response head, once it came
         self._head_buf: bytearray | None = None  # a head arriving in pieces
-        self._chunks: deque[Message] = deque()
+        self._chunks: list[Message] = []  # a list: a few at a time, and compiled list ops
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.finished = False  # the worker sent the end of the response
@@ -103,7 +99,7 @@ class Exchange:
         """The next body chunk (release it when written), or None at the end."""
         while True:
             if self._chunks:
-                return self._chunks.popleft()
+                return self._chunks.pop(0)
             if self._error is not None:
                 raise self._error
             if self.finished:
@@ -158,7 +154,7 @@ class Exchange:
 
     def _discard(self) -> None:
         while self._chunks:
-            self._chunks.popleft().release()
+            self._chunks.pop(0).release()
 
     def __repr__(self) -> str:
         return f"<Exchange id={self.id} {self.head.method!r} {self.head.target[:40]!r}>"
