@@ -158,8 +158,8 @@ PyDoc_STRVAR(parse_request_doc,
 static PyObject *
 parse_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "parse_request() takes 7 arguments (%zd given)", nargs);
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "parse_request() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
     if (!PyBytes_Check(args[0])) {
@@ -167,9 +167,16 @@ parse_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                      Py_TYPE(args[0])->tp_name);
         return NULL;
     }
+    /* The limits come as one tuple, built once per connection: passed one by one, a compiled
+       caller would box each (they are over 256) at every call. */
+    if (!PyTuple_Check(args[2]) || PyTuple_GET_SIZE(args[2]) != 5) {
+        PyErr_SetString(PyExc_TypeError, "limits must be a tuple (max_line, max_headers, "
+                        "max_field, max_total, max_body)");
+        return NULL;
+    }
     Py_ssize_t lim[6]; /* start, max_line, max_headers, max_field, max_total, max_body */
     for (int i = 0; i < 6; i++) {
-        lim[i] = PyLong_AsSsize_t(args[i + 1]);
+        lim[i] = PyLong_AsSsize_t(i == 0 ? args[1] : PyTuple_GET_ITEM(args[2], i - 1));
         if (lim[i] == -1 && PyErr_Occurred())
             return NULL;
     }

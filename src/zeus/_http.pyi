@@ -4,10 +4,11 @@ ParsedRequest = tuple[bytes, bytes, str, list[tuple[bytes, bytes]], bool, int | 
 """method, target, version ('1.1' or '1.0'), headers (names lower-cased), keep-alive,
 Content-Length (None: none), where the body starts, where the request ends."""
 
-def parse_request(
-    data: bytes, start: int, max_line: int, max_headers: int, max_field: int, max_total: int,
-    max_body: int, /,
-) -> ParsedRequest | None: ...
+ParseLimits = tuple[int, ...]
+"""max_line, max_headers, max_field, max_total, max_body (``tuple[int, ...]`` for mypyc: a
+fixed-length tuple of ints would be unboxed, and boxed again at every call)."""
+
+def parse_request(data: bytes, start: int, limits: ParseLimits, /) -> ParsedRequest | None: ...
 
 def frame_response_head(
     status_line: bytes, headers: list[tuple[bytes, bytes]], keep: bool, no_body: bool,

@@ -1721,6 +1721,8 @@ out_host(OutBuf *o, PyObject *host)
 {
     if (host == Py_None)
         return out_str(o, 1, "", 0);
+    if (PyUnicode_Check(host) && PyUnicode_IS_ASCII(host)) /* an address: no copy to encode */
+        return out_str(o, 1, (const char *)PyUnicode_DATA(host), PyUnicode_GET_LENGTH(host));
     PyObject *enc = PyUnicode_AsLatin1String(host);
     if (!enc)
         return -1;

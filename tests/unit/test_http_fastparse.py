@@ -43,8 +43,8 @@ Result = tuple[bytes, bytes, str, list[tuple[bytes, bytes]], bool, int | None, i
 
 def fast(data: bytes, start: int = 0, **limits: int) -> Result | None:
     lim = {**LIMITS, **limits}
-    return parse_request(data, start, lim["max_line"], lim["max_headers"], lim["max_field"],
-                         lim["max_total"], lim["max_body"])
+    return parse_request(data, start, (lim["max_line"], lim["max_headers"], lim["max_field"],
+                                       lim["max_total"], lim["max_body"]))
 
 
 class Collector:
@@ -315,11 +315,15 @@ def test_arguments() -> None:
     assert fast(WRK, len(WRK)) is None
     for other in (bytearray(WRK), memoryview(WRK), WRK.decode()):
         with pytest.raises(TypeError):
-            parse_request(other, 0, 8190, 100, 8190, 65536, 0)  # type: ignore[arg-type]
+            parse_request(other, 0, (8190, 100, 8190, 65536, 0))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         parse_request(WRK, 0)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        parse_request(WRK, 0, "8190", 100, 8190, 65536, 0)  # type: ignore[arg-type]
+        parse_request(WRK, 0, ("8190", 100, 8190, 65536, 0))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        parse_request(WRK, 0, (8190, 100, 8190, 65536))
+    with pytest.raises(TypeError):
+        parse_request(WRK, 0, [8190, 100, 8190, 65536, 0])  # type: ignore[arg-type]
     assert fast(b"xx" + WRK, 2) is not None
 
 

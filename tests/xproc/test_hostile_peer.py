@@ -64,8 +64,8 @@ def _tail_backwards(ch: Channel, held: list[Message]) -> None:
     for i in range(SLOTS):  # fill the ring; the worker takes them all, so our tail cache moves
         ch.send(i, b"request", timeout=WAIT)
     _ack(ch, held)
-    ch.send(SLOTS, b"request", timeout=WAIT)  # needs the moved tail: now we have seen it
-    _ack(ch, held)  # the worker has rewound its tail meanwhile
+    ch.send(SLOTS, b"request", timeout=WAIT)  # needs a moved tail: we have seen one above 0
+    _ack(ch, held)  # the worker has rewound its tail to 0 meanwhile
     for i in range(4 * SLOTS):
         ch.send(SLOTS + 1 + i, b"request", timeout=WAIT)
 

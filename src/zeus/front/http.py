@@ -45,7 +45,7 @@ from zeus.front.limits import HttpLimits
 from zeus.pool import Exchange, Overloaded, RequestTimeout
 
 if TYPE_CHECKING:
-    from zeus._http import ParsedRequest
+    from zeus._http import ParsedRequest, ParseLimits
     from zeus.front.accesslog import AccessLog
     from zeus.front.health import Health
     from zeus.front.metrics import FrontMetrics
@@ -60,6 +60,12 @@ _WRITE_PIECE: Final = 256 * 1024
 _MAX_PIECES: Final = 32
 _STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
                          for s in HTTPStatus}
+
+
+def parse_limits(lim: HttpLimits) -> ParseLimits:
+    """The limits ``zeus._http.parse_request`` takes, as the one tuple it takes them in."""
+    return (lim.max_request_line, lim.max_headers, lim.max_header_size, lim.max_headers_total,
+            lim.max_body)
 
 
 class _Reject(Exception):
@@ -111,7 +117,7 @@ class _Request:
         self.chunks = 0  # chunk-size lines parsed
         self.framing = 0  # chunk framing bytes beyond the allowance (see data_received)
         self.expect_continue = False
-        self.body: deque[bytes] = deque()
+        self.body: deque[bytes] | None = None  # made for the first piece (most have none)
         self.body_bytes = 0  # buffered in the front now
         self.received = 0  # received in all (the body limit)
         self.complete = complete
@@ -153,6 +159,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server = server
         self.pool = server.pool
         self.limits: HttpLimits = server.limits
+        self.parse_limits: ParseLimits = server.parse_limits  # see parse_limits()
         # The server's fixed parts, read here once: FrontServer is interpreted, and each look
         # at its attributes from this compiled module is a dictionary look-up.
         self.metrics: FrontMetrics = server.metrics
@@ -181,6 +188,12 @@ class HttpProtocol(asyncio.Protocol):
         self.eof = False
         self.fd = -1  # the socket, for writes straight from shared memory
         self.drain_seen = False  # close_if_idle found it idle once (graceful shutdown)
+        # Callbacks bound once per connection: looking up a method makes a new bound-method
+        # object every time, and these are handed out for every request.
+        self.exchange_cb: Callable[[], None] = self._on_exchange
+        self.idle_cb: Callable[[], None] = self._idle_timeout
+        self.header_cb: Callable[[], None] = self._header_timeout
+        self.body_cb: Callable[[], None] = self._body_timeout
 
     # ------------------------------------------------------------- transport
 
@@ -195,7 +208,7 @@ class HttpProtocol(asyncio.Protocol):
         self.fd = sock_obj.fileno() if sock_obj is not None else -1
         self.local = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
         self.server.connections.add(self)
-        self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+        self._arm(self.limits.keepalive_timeout, self.idle_cb)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -247,11 +260,10 @@ class HttpProtocol(asyncio.Protocol):
             # Between requests: ordinary complete ones are parsed in one C call each
             # (``zeus._http.parse_request``); the first it declines -- incomplete, unusual or
             # invalid -- and everything after it go to llhttp, which also gives the errors.
-            lim = self.limits
+            limits = self.parse_limits
             pos, n = 0, len(data)
             while pos < n:
-                r = parse_request(data, pos, lim.max_request_line, lim.max_headers,
-                                  lim.max_header_size, lim.max_headers_total, lim.max_body)
+                r = parse_request(data, pos, limits)
                 if r is None:
                     break
                 pos = r[7]
@@ -301,7 +313,7 @@ class HttpProtocol(asyncio.Protocol):
         method, url, version, headers, keep_alive, length, start, end = r
         req = _Request(method, url, version, headers, keep_alive, length, True)
         if end > start:
-            req.body.append(data[start:end])
+            req.body = deque((data[start:end],))
             req.body_bytes = req.received = end - start
         queue = self.queue
         queue.append(req)
@@ -320,7 +332,7 @@ class HttpProtocol(asyncio.Protocol):
         req = _Request()
         self.parsing = req
         if not self.queue:
-            self._arm(self.limits.header_timeout, self._header_timeout)
+            self._arm(self.limits.header_timeout, self.header_cb)
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
@@ -390,7 +402,7 @@ class HttpProtocol(asyncio.Protocol):
         if len(self.queue) == 1:
             self._disarm()
             if req.has_te or req.content_length:
-                self._arm(lim.body_timeout, self._body_timeout)
+                self._arm(lim.body_timeout, self.body_cb)
             self._start_next()
         elif len(self.queue) > lim.max_pipeline:
             self._pause_reading()
@@ -398,6 +410,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         req = self.parsing
         assert req is not None
+        if req.body is None:
+            req.body = deque()
         req.body.append(body)
         req.body_bytes += len(body)
         req.received += len(body)
@@ -405,7 +419,7 @@ class HttpProtocol(asyncio.Protocol):
         if lim.max_body and req.received > lim.max_body:
             self._refuse(413, f"body over {lim.max_body} bytes")
         if self.queue and req is self.queue[0]:
-            self._arm(lim.body_timeout, self._body_timeout)
+            self._arm(lim.body_timeout, self.body_cb)
         req.wake()
 
     def on_chunk_header(self) -> None:
@@ -447,7 +461,7 @@ class HttpProtocol(asyncio.Protocol):
                 method=req.method,
                 target=bytes(req.url),
                 headers=req.headers,
-                http_version=req.version.encode(),
+                http_version=b"1.1" if req.version == "1.1" else req.version.encode(),
                 scheme="http",
                 client=self.client,
                 server=self.local,
@@ -461,11 +475,13 @@ class HttpProtocol(asyncio.Protocol):
             # body in many small pieces (tiny chunks) is joined: one message each would cost
             # more than the copy.
             pieces = req.body
-            body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
-            pieces.clear()
+            body: tuple[bytes, ...] = ()
+            if pieces is not None:
+                body = tuple(pieces) if len(pieces) <= _MAX_PIECES else (b"".join(pieces),)
+                pieces.clear()
             started = now or monotonic()
             try:
-                ex = self.pool.dispatch(head, body, self._on_exchange)
+                ex = self.pool.dispatch(head, body, self.exchange_cb)
             except Overloaded as exc:
                 self._log_access(req, 503, self._write_error(503, str(exc),
                                                              close=not req.complete))
@@ -501,7 +517,7 @@ class HttpProtocol(asyncio.Protocol):
                 forward: asyncio.Task[None] | None) -> None:
         self.exchange = ex
         self.answer = _Answer(req, ex, started, forward)
-        ex.notify = self._on_exchange
+        ex.notify = self.exchange_cb
         if ex.touched or ex.finished or ex._error is not None or ex.resp is not None:
             self._on_exchange()  # news that came before we listened
 
@@ -568,8 +584,9 @@ class HttpProtocol(asyncio.Protocol):
             return True
         data = chunk.data
         start = a.offset
+        size = -1  # the whole chunk's, when starting it
         if start == 0:
-            n = data.nbytes
+            n = size = data.nbytes
             if a.length is not None and a.sent + n > a.length:
                 a.keep = False  # the application sent more than it announced
                 n = a.length - a.sent
@@ -581,7 +598,7 @@ class HttpProtocol(asyncio.Protocol):
             a.pending = None
         if a.chunked and start == 0:
             parts.append(b"%x\r\n" % a.cut)
-        parts.append(data[start:end])
+        parts.append(data if end == size else data[start:end])  # whole: no new view
         if a.chunked and end >= a.cut:
             parts.append(b"\r\n")
         self._send(parts)
@@ -682,12 +699,12 @@ class HttpProtocol(asyncio.Protocol):
             if not self.queue[0].complete:
                 # A pipelined request whose body is still coming is now the one the body
                 # timeout watches (on_headers_complete armed it only for the first).
-                self._arm(self.limits.body_timeout, self._body_timeout)
+                self._arm(self.limits.body_timeout, self.body_cb)
             self._start_next()
         elif self.parsing is not None:
-            self._arm(self.limits.header_timeout, self._header_timeout)
+            self._arm(self.limits.header_timeout, self.header_cb)
         else:
-            self._arm(self.limits.keepalive_timeout, self._idle_timeout)
+            self._arm(self.limits.keepalive_timeout, self.idle_cb)
 
     def _send(self, parts: list[bytes | memoryview]) -> None:
         """Send now what the socket takes; hand an owned copy of the rest to the transport.

@@ -31,7 +31,7 @@ from zeus.exitcodes import ServerExit
 from zeus.front import systemd
 from zeus.front.accesslog import AccessLog
 from zeus.front.health import Health
-from zeus.front.http import HttpProtocol
+from zeus.front.http import HttpProtocol, parse_limits
 from zeus.front.limits import HttpLimits, error_response
 from zeus.front.logs import access_writer
 from zeus.front.metrics import FrontMetrics, MetricsEndpoint
@@ -101,6 +101,7 @@ class FrontServer:
         self.config: Final = config
         self.loop = loop
         self.limits = config.limits
+        self.parse_limits = parse_limits(config.limits)
         # None when off: the per-request cost is then one attribute test (front/accesslog.py)
         self.access_log = (AccessLog(config.settings.access_log_format,
                                      writer=access_writer(loop)) if config.access_log else None)
