@@ -2132,11 +2132,11 @@ header_error(PyObject *exc, const char *what, PyObject *name)
 static PyObject *
 native_response_headers(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "response_headers(headers, str_only)");
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "response_headers(headers, str_only=False)");
         return NULL;
     }
-    int str_only = PyObject_IsTrue(args[1]);
+    int str_only = nargs == 2 ? PyObject_IsTrue(args[1]) : 0;
     if (str_only < 0)
         return NULL;
     PyObject *it = PyObject_GetIter(args[0]);

@@ -49,7 +49,7 @@ import contextlib
 import os
 import select
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,10 +99,10 @@ RequestFields = tuple[bytes, bytes, Headers, bytes, bool, str, int, str, int]
 https, client host ('' if none), client port, server host ('' if none), server port."""
 
 
-def decode_request_fields(buf: bytes | memoryview) -> RequestFields:
-    """``decode_request_head`` without building the ``RequestHead``: the worker reads the
-    fields it needs from the tuple and builds the record only if the handler asks for it."""
-    return _native.decode_request_head(buf)
+# ``decode_request_head`` without building the ``RequestHead`` -- the C decoder itself, with
+# no frame of this module around it (the worker calls it for every request): the worker reads
+# the fields it needs from the tuple and builds the record only if the handler asks for it.
+decode_request_fields: Final = _native.decode_request_head
 
 
 def request_head(fields: RequestFields) -> RequestHead:
@@ -121,13 +121,13 @@ def encode_response_head(status: int, headers: Headers) -> bytes:
     return _native.encode_response_head(status, headers)
 
 
-def response_headers(headers: Iterable[tuple[object, object]], *, str_only: bool = False
-                     ) -> Headers:
-    """Response headers as the worker sends them, in one native call: names lower-cased,
-    str encoded as latin-1.  ValueError for a name that is not a token or a value holding CR,
-    LF or NUL: what the front would take for a protocol violation becomes the handler's error
-    (a 500).  ``str_only``: names and values must be str (PEP 3333), else TypeError."""
-    return _native.response_headers(headers, str_only)
+# ``response_headers(headers, str_only=False)``, positional arguments only -- the C function
+# itself (called for every response): response headers as the worker sends them, names
+# lower-cased, str encoded as latin-1.  ValueError for a name that is not a token or a value
+# holding CR, LF or NUL: what the front would take for a protocol violation becomes the
+# handler's error (a 500).  ``str_only``: names and values must be str (PEP 3333), else
+# TypeError.
+response_headers: Final = _native.response_headers
 
 
 # The response-head decoder as it is, (status, headers): a compiled caller (zeus.pool.core)

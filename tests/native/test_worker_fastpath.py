@@ -262,10 +262,10 @@ def test_response_headers_refuses_what_the_front_would_refuse(header: tuple[Any,
 def test_response_headers_str_only_refuses_bytes() -> None:
     """PEP 3333: WSGI header names and values are str."""
     with pytest.raises(TypeError):
-        response_headers([(b"x", "v")], str_only=True)
+        response_headers([(b"x", "v")], True)
     with pytest.raises(TypeError):
-        response_headers([("x", 1)], str_only=True)
-    assert response_headers([("X", "v")], str_only=True) == [(b"x", b"v")]
+        response_headers([("x", 1)], True)
+    assert response_headers([("X", "v")], True) == [(b"x", b"v")]
 
 
 # --------------------------------------------------------------------------------- WSGI

@@ -6,11 +6,10 @@ recycle a healthy worker, and which worker the balancer picks.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
 
-from zeus.supervisor.balancer import Balance, Balancer
+from zeus.supervisor.balancer import Balance, Balancer, Candidate
 from zeus.supervisor.policy import ExitCause, RecyclePolicy, RestartPolicy
 
 # ---------------------------------------------------------------- RestartPolicy
@@ -186,15 +185,39 @@ def test_a_default_recycle_policy_never_recycles() -> None:
 # --------------------------------------------------------------------- Balancer
 
 
-@dataclass
-class Fake:
+class Fake(Candidate):
     """A worker as the balancer sees it."""
 
-    name: str
-    load: int = 0
-    capacity: int = 1
-    accepting: bool = True
-    prefetch: int = 0
+    def __init__(self, name: str, load: int = 0, capacity: int = 1, accepting: bool = True,
+                 prefetch: int = 0) -> None:
+        self.name = name
+        self._load = load
+        self.capacity = capacity
+        self._accepting = accepting
+        self.prefetch = prefetch
+
+    @property
+    def load(self) -> int:
+        return self._load
+
+    @load.setter
+    def load(self, value: int) -> None:
+        self._load = value
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self._accepting = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Fake) and (self.name, self.load, self.capacity) == (
+            other.name, other.load, other.capacity)
+
+    def __repr__(self) -> str:
+        return f"Fake({self.name!r}, load={self.load}, capacity={self.capacity})"
 
 
 def picks(b: Balancer, workers: list[Fake], n: int) -> list[str | None]:

@@ -267,7 +267,7 @@ class _Call:
             if len(_STATUS_CODES) < _CACHE_LIMIT:
                 _STATUS_CODES[status] = code
         # str only, names lower-cased, what the front would refuse refused: one native call.
-        encoded = response_headers(headers, str_only=True)
+        encoded = response_headers(headers, True)  # str only
         left = None
         for name, value in encoded:
             if name == b"content-length" and value.strip().isdigit():

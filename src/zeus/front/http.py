@@ -459,7 +459,7 @@ class HttpProtocol(asyncio.Protocol):
                     return
             head = RequestHead(
                 method=req.method,
-                target=bytes(req.url),
+                target=url if isinstance(url := req.url, bytes) else bytes(url),
                 headers=req.headers,
                 http_version=b"1.1" if req.version == "1.1" else req.version.encode(),
                 scheme="http",

@@ -15,6 +15,7 @@ from zeus.core.spin import SpinPolicy
 from zeus.pool.config import PREFETCH_MIN
 from zeus.pool.exchange import Exchange, WorkerLost
 from zeus.region import Region
+from zeus.supervisor.balancer import Candidate
 from zeus.supervisor.policy import ExitCause
 from zeus.supervisor.process import WorkerProcess, describe_exit
 
@@ -37,7 +38,7 @@ class WState(enum.Enum):
 _READY: Final = WState.READY  # a module constant: an Enum class attribute is slow to look up
 
 
-class WorkerHandle:
+class WorkerHandle(Candidate):
     """The pool's record of one worker: process, region, channel, pump, requests."""
 
     def __init__(self, pool: Pool, index: int, generation: int,

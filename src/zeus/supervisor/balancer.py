@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
+
+from mypy_extensions import mypyc_attr
 
 
-class Candidate(Protocol):
-    """What a balancer needs to know of a worker."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Candidate:
+    """What a balancer needs to know of a worker: a base class (the pool's WorkerHandle), not
+    a Protocol, so that compiled code reads these without a look-up by name -- ``pick`` runs
+    for every request and every freed slot."""
+
+    capacity: int  # requests it serves at once
+    prefetch: int  # how many more its queue may hold when all are busy
 
     @property
-    def load(self) -> int: ...  # requests in flight
+    def load(self) -> int:
+        """Requests in flight."""
+        raise NotImplementedError
 
     @property
-    def capacity(self) -> int: ...
-
-    @property
-    def prefetch(self) -> int: ...  # how many more its queue may hold when all are busy
-
-    @property
-    def accepting(self) -> bool: ...
+    def accepting(self) -> bool:
+        """Whether it may be given a new request."""
+        raise NotImplementedError
 
 
 T = TypeVar("T", bound=Candidate)

@@ -463,9 +463,11 @@ class Worker:
                 msg = self._next_piece(rid)
             fields = decode_request_fields(data)
         else:
-            with msg:
+            try:  # (not ``with msg``: two method look-ups by name where one call does)
                 fields = decode_request_fields(msg.data)
                 end, rid = msg.end, msg.id
+            finally:
+                msg.release()
         req = Request(self, rid, fields, end)
         self._current = req
         try:
