@@ -220,6 +220,7 @@ def config_from_settings(settings: Settings, command: str) -> ServeConfig:
         limits=Limits(
             cpu_seconds=settings.cpu_limit, open_files=settings.max_open_files,
             memory=settings.memory_limit, privileges=privileges,
+            sched_batch=settings.worker_sched == "batch",
         ),
         env=env,
         cwd=cwd,

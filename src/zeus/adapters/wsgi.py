@@ -99,7 +99,7 @@ class WSGIInput:
     """
 
     def __init__(self, request: Request) -> None:
-        self._request = request
+        self._request: Request | None = request  # None: the shared empty input (_NO_BODY)
         self._chunks: Iterator[memoryview] | None = None  # request.stream.chunks(), on demand
         self._view = _EMPTY  # the current chunk (a view into the arena)
         self._pos = 0  # bytes of it already consumed
@@ -112,6 +112,9 @@ class WSGIInput:
                 return False
             self._view = _EMPTY
             if self._chunks is None:
+                if self._request is None:
+                    self._eof = True
+                    return False
                 self._chunks = self._request.stream.chunks()
             try:
                 self._view = next(self._chunks)  # releases the previous chunk
@@ -194,6 +197,21 @@ class WSGIInput:
 
     def __repr__(self) -> str:
         return f"<WSGIInput pos={self._pos}/{len(self._view)} eof={self._eof}>"
+
+
+def _no_body() -> WSGIInput:
+    """A ``wsgi.input`` at its end from the start, shared by the requests without a body: it
+    holds no request and no chunk, and every read returns b''."""
+    stream = WSGIInput.__new__(WSGIInput)
+    stream._request = None
+    stream._chunks = None
+    stream._view = _EMPTY
+    stream._pos = 0
+    stream._eof = True
+    return stream
+
+
+_NO_BODY: Final = _no_body()
 
 
 class FileWrapper:
@@ -383,7 +401,8 @@ class WSGIHandler:
 
     def __call__(self, request: Request) -> Response | None:
         call = _Call(request)
-        body = WSGIInput(request)
+        # No body at all (the head came with END): the shared empty input, nothing to close.
+        body = _NO_BODY if request._body_done else WSGIInput(request)
         try:
             result = self.app(environ(request, body), call.start_response)
             try:
@@ -393,7 +412,8 @@ class WSGIHandler:
                 if close is not None:
                     _close(close, call, request)
         finally:
-            body.close()
+            if body is not _NO_BODY:
+                body.close()
 
     def __repr__(self) -> str:
         return f"<WSGIHandler {self.app!r}>"

@@ -257,6 +257,11 @@ class Settings:
         None, section="server", parse=parse_int, metavar="NS",
         default_doc="40000 with a spare core, else 0",
         help="how long an idle worker spins before sleeping, in nanoseconds")
+    worker_sched: str = option(
+        "batch", section="server", choices=("batch", "normal"),
+        help="CPU scheduling policy of the workers: batch (Linux SCHED_BATCH) keeps a worker "
+             "the front wakes from preempting the front, which every request goes through; "
+             "normal: the system's default")
     region_size: int = option(
         64 << 20, section="server", parse=parse_size, metavar="SIZE", default_doc="64M",
         help="shared-memory region per worker")
