@@ -2020,7 +2020,14 @@ native_decode_response_head(PyObject *Py_UNUSED(m), PyObject *arg)
         codec_broken("response head has trailing bytes");
         goto out;
     }
-    res = Py_BuildValue("(kO)", (unsigned long)status, headers);
+    {
+        /* A tuple built directly: Py_BuildValue parses its format string at every call. */
+        PyObject *st = PyLong_FromUnsignedLong((unsigned long)status);
+        if (st) {
+            res = PyTuple_Pack(2, st, headers);
+            Py_DECREF(st);
+        }
+    }
 out:
     Py_XDECREF(headers);
     PyBuffer_Release(&view);
@@ -2074,8 +2081,16 @@ native_decode_request_head(PyObject *Py_UNUSED(m), PyObject *arg)
         }
         Py_DECREF(pair);
     }
-    res = Py_BuildValue("(OOOOOOkOk)", method, target, headers, hv, scheme ? Py_True : Py_False,
-                        chs, (unsigned long)cport, shs, (unsigned long)sport);
+    {
+        /* A tuple built directly, as in decode_response_head. */
+        PyObject *cp = PyLong_FromUnsignedLong((unsigned long)cport);
+        PyObject *sp = cp ? PyLong_FromUnsignedLong((unsigned long)sport) : NULL;
+        if (sp)
+            res = PyTuple_Pack(9, method, target, headers, hv, scheme ? Py_True : Py_False,
+                               chs, cp, shs, sp);
+        Py_XDECREF(cp);
+        Py_XDECREF(sp);
+    }
 out:
     Py_XDECREF(method);
     Py_XDECREF(target);

@@ -288,7 +288,7 @@ class _Call:
         encoded = response_headers(headers, True)  # str only
         left = None
         for name, value in encoded:
-            if name == b"content-length" and value.strip().isdigit():
+            if name == b"content-length" and (value.isdigit() or value.strip().isdigit()):
                 left = int(value)
         self.status = code
         self.headers = encoded
@@ -341,7 +341,7 @@ class _Call:
             raise RuntimeError("the application did not call start_response")
         if self.request.cancelled:
             raise ClientDisconnected(f"request {self.request.id} cancelled")
-        if self.left is not None:
+        if self.left is not None and len(body) > self.left:
             body = body[: self.left]
         self.done = True
         # status and headers were checked by start_response

@@ -73,6 +73,7 @@ _HEAD: Final = int(Kind.RESPONSE_HEAD)
 _BODY: Final = int(Kind.RESPONSE_BODY)
 _CANCEL: Final = int(Kind.CANCEL)
 _REQUEST_HEAD: Final = int(Kind.REQUEST_HEAD)
+_REQUEST_BODY: Final = int(Kind.REQUEST_BODY)
 # A tuple, not ``bytes | bytearray | memoryview``: that builds a union object at every call.
 _BYTES_LIKE: Final = (bytes, bytearray, memoryview)
 
@@ -304,7 +305,7 @@ class ResponseWriter:
 
     def commit(self, length: int | None = None) -> None:
         """Publish the reserved chunk (its first ``length`` bytes)."""
-        self._reservation.commit(self._request.id, Kind.RESPONSE_BODY, 0, length)
+        self._reservation.commit(self._request.id, _BODY, 0, length)
 
     def close(self) -> None:
         """End the response."""
@@ -394,11 +395,11 @@ class Worker:
     @staticmethod
     def _own(req: Request, msg: Message) -> Message:
         """Check a message that belongs to ``req``'s body."""
-        if msg.kind == Kind.CANCEL:
+        if msg.kind == _CANCEL:
             msg.release()
             req.cancelled = True
             raise ClientDisconnected(f"request {req.id} cancelled")
-        if msg.kind != Kind.REQUEST_BODY:
+        if msg.kind != _REQUEST_BODY:
             msg.release()
             raise PeerBrokenError(f"kind {msg.kind} inside request {req.id}'s body")
         return msg
@@ -412,7 +413,7 @@ class Worker:
                 msg = self.channel.recv_nowait()
             except ZeusError:
                 return
-            if msg.id == req.id and msg.kind == Kind.CANCEL:
+            if msg.id == req.id and msg.kind == _CANCEL:
                 req.cancelled = True
                 raise ClientDisconnected(f"request {req.id} cancelled")
             self._stash(msg, req)
@@ -448,7 +449,7 @@ class Worker:
 
     def _dispatch(self, msg: Message, handler: Handler) -> None:
         kind = msg.kind
-        if kind != Kind.REQUEST_HEAD:
+        if kind != _REQUEST_HEAD:
             msg.release()  # a body or cancel of a request already finished: stale
             return
         if msg.more:
@@ -479,7 +480,7 @@ class Worker:
     def _next_piece(self, msg_id: int) -> Message:
         """The next chunk of a head split with Flag.MORE (nothing else may come between)."""
         msg = self.channel.recv()
-        if msg.id != msg_id or msg.kind != Kind.REQUEST_HEAD:
+        if msg.id != msg_id or msg.kind != _REQUEST_HEAD:
             msg.release()
             raise PeerBrokenError(f"request head {msg_id} interrupted by message {msg.id}")
         return msg
