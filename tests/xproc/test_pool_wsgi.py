@@ -166,6 +166,23 @@ def test_a_body_given_in_pieces_reaches_wsgi_input_whole_and_in_order() -> None:
     run(body)
 
 
+def test_requests_without_a_body_read_an_empty_input_every_time() -> None:
+    """A request whose head comes with END gets the shared empty ``wsgi.input``: read,
+    readline, readlines and iteration all find it at its end, request after request (a close
+    by the adapter after one request leaves nothing behind for the next)."""
+
+    async def body() -> None:
+        async with pool_of(APP) as pool:
+            for _ in range(3):
+                got = (await read_reply(await pool.submit(head("/upload?7", "POST")))).json()
+                assert (got["length"], got["reads"]) == (0, 0)
+                got = (await read_reply(await pool.submit(head("/lines", "POST")))).json()
+                assert (got["first"], got["rest_of_first"], got["some"], got["others"]) == (
+                    "", "", [], [])
+
+    run(body)
+
+
 def test_readline_readlines_and_iteration() -> None:
     """readline(limit), readline(), readlines(hint) and iteration split lines across chunks."""
     data = b"first line\nsecond\nthird\nfourth\n" + b"x" * 1000 + b"\nlast without newline"

@@ -98,12 +98,12 @@ class WSGIInput:
     released as soon as it has been consumed.
     """
 
-    def __init__(self, request: Request) -> None:
-        self._request: Request | None = request  # None: the shared empty input (_NO_BODY)
+    def __init__(self, request: Request | None) -> None:
+        self._request = request  # None: no body at all (_NO_BODY, shared)
         self._chunks: Iterator[memoryview] | None = None  # request.stream.chunks(), on demand
         self._view = _EMPTY  # the current chunk (a view into the arena)
         self._pos = 0  # bytes of it already consumed
-        self._eof = False
+        self._eof = request is None
 
     def _fill(self) -> bool:
         """Make sure the current chunk has unread bytes; False at the end of the body."""
@@ -112,9 +112,7 @@ class WSGIInput:
                 return False
             self._view = _EMPTY
             if self._chunks is None:
-                if self._request is None:
-                    self._eof = True
-                    return False
+                assert self._request is not None  # without one, _eof is set from the start
                 self._chunks = self._request.stream.chunks()
             try:
                 self._view = next(self._chunks)  # releases the previous chunk
@@ -199,19 +197,9 @@ class WSGIInput:
         return f"<WSGIInput pos={self._pos}/{len(self._view)} eof={self._eof}>"
 
 
-def _no_body() -> WSGIInput:
-    """A ``wsgi.input`` at its end from the start, shared by the requests without a body: it
-    holds no request and no chunk, and every read returns b''."""
-    stream = WSGIInput.__new__(WSGIInput)
-    stream._request = None
-    stream._chunks = None
-    stream._view = _EMPTY
-    stream._pos = 0
-    stream._eof = True
-    return stream
-
-
-_NO_BODY: Final = _no_body()
+# The ``wsgi.input`` of every request without a body: at its end from the start, holding no
+# request and no chunk, so one can be shared (every read returns b'').
+_NO_BODY: Final = WSGIInput(None)
 
 
 class FileWrapper:
